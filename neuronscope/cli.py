@@ -1,0 +1,237 @@
+"""The `neuronscope` command: a thin layer over the public Python API.
+
+User mistakes (a wrong layer name, shape, file) exit with code 2 and one paragraph, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+from . import __version__
+from .errors import NeuronscopeError
+
+DESCRIPTION = """\
+neuronscope: a microscope for your own PyTorch model.
+
+Shows what a trained network learned, with evidence: what its first layer looks for, what every
+layer does with an input, which units are dead, and (in later releases) which real inputs excite
+each unit, what input each unit wants most, and which parts of an input drove a decision.
+"""
+
+EPILOG = """\
+MODEL is named one way everywhere:
+  path/to/file.py:factory   a function returning the nn.Module; add --weights state_dict.pt
+  model.pt2                 a torch.export program (its layers can be hooked)
+  model.ts / model.pt       a TorchScript file (output-level analyses only)
+
+DATA is an image folder (one subfolder per class), an array file (.npz with x/y, .npy, .pt)
+or a table (.csv, .parquet) with --target COLUMN.
+
+examples:
+  neuronscope demo                                    # train the demo models, write the report
+  neuronscope layers net.py:make_net --weights w.pt --input-shape 3,32,32
+  neuronscope filters net.py:make_net --weights w.pt --input-shape 3,32,32 --out filters/
+  neuronscope report net.py:make_net --weights w.pt --input-shape 3,32,32 \\
+      --mean 0.5 --std 0.5 --classes classes.txt --data images/ --out report/
+  neuronscope serve report/
+"""
+
+
+def _floats(text: str, what: str) -> list[float]:
+    path = Path(text)
+    if path.is_file():
+        text = path.read_text().replace("\n", ",")
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise NeuronscopeError(f"{what} must be numbers separated by commas (or a file of them); got {text!r}.") from None
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        shape = ()
+    if not shape or any(s <= 0 for s in shape):
+        raise NeuronscopeError(
+            f"--input-shape {text!r} is not a shape: give C,H,W for images (e.g. 3,32,32) or the "
+            "number of columns for vectors (e.g. 8), without the batch dimension."
+        )
+    return shape
+
+
+def _classes(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    path = Path(text)
+    if path.is_file():
+        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if "," not in text and (os.sep in text or text.endswith(".txt")):
+        raise NeuronscopeError(f"--classes {text!r}: no such file. Give a file with one class name a line, or a comma list.")
+    return [c.strip() for c in text.split(",")]
+
+
+def _output(text: str | None):
+    return int(text) if text is not None and text.lstrip("-").isdigit() else text
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL", help="file.py:factory, a .pt2 export or a TorchScript file")
+    g = p.add_argument_group("how the model is loaded and fed")
+    g.add_argument("--weights", metavar="PATH", help="state dict for a file.py:factory model (loaded with weights_only=True)")
+    g.add_argument("--trust-pickle", action="store_true",
+                   help="allow a fully pickled model; this RUNS CODE from the file, so only for files you trust")
+    g.add_argument("--input-shape", metavar="C,H,W", help="one example's shape without the batch, e.g. 3,32,32 or 8 (vectors)")
+    g.add_argument("--range", metavar="LO,HI", default="0,1", help="raw input value range before normalization (default: 0,1)")
+    g.add_argument("--mean", metavar="M[,M...]", help="normalization mean, one value or one per channel/column (or a file)")
+    g.add_argument("--std", metavar="S[,S...]", help="normalization std, one value or one per channel/column (or a file)")
+    g.add_argument("--classes", metavar="FILE|A,B,..", help="class names in output order: a file with one a line, or a comma list")
+    g.add_argument("--output", metavar="INDEX|KEY", help="which element of a tuple/dict model output to explain")
+    g.add_argument("--task", choices=["classification", "regression"], help="override the inferred task")
+    g.add_argument("--device", default=None, help="cpu or cuda (default: where the model is)")
+
+
+def _add_data_args(p: argparse.ArgumentParser, required: bool) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", metavar="DATA", required=required, help="image folder, array file or table")
+    g.add_argument("--target", metavar="COLUMN", help="target column of a table")
+    g.add_argument("--columns", metavar="A,B,..", help="feature columns of a table (default: all but target and id)")
+    g.add_argument("--id-column", metavar="COLUMN", help="a table column holding stable example ids")
+    g.add_argument("--limit", type=int, metavar="N", help="use at most N examples for the data pass (default: all)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = lambda prog: argparse.RawDescriptionHelpFormatter(prog, max_help_position=30)  # noqa: E731
+    parser = argparse.ArgumentParser(prog="neuronscope", description=DESCRIPTION, epilog=EPILOG, formatter_class=fmt)
+    parser.add_argument("--version", action="version", version=f"neuronscope {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or status lines")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("layers", help="list the model's layers, output shapes and parameter counts", formatter_class=fmt,
+                       description="List every layer a forward pass meets: the names unit addresses use "
+                                   "(layer, layer:channel, layer:channel@y,x, layer#k for reused modules).")
+    _add_model_args(p)
+
+    p = sub.add_parser("filters", help="draw the first layer's filters and score their smoothness", formatter_class=fmt,
+                       description="First-layer filters as a picture, with a smoothness score per filter: "
+                                   "noisy filters (no smoother than fresh random ones) flag an under-trained network.")
+    _add_model_args(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the results and report")
+
+    p = sub.add_parser("report", help="analyse a model on its data and write the report site", formatter_class=fmt,
+                       description="Run every analysis that fits the model and data (resumable: finished "
+                                   "sections are reused), then write a static site into DIR.")
+    _add_model_args(p)
+    _add_data_args(p, required=True)
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the results store and the site")
+    p.add_argument("--layers", metavar="L1,L2,..", help="layers to analyse (default: activation outputs and the final layer)")
+    p.add_argument("--example", metavar="ID", help="id of the input whose activation maps are shown (default: the first)")
+    p.add_argument("--batch-size", type=int, default=64, metavar="N", help="examples per forward pass (default: 64)")
+
+    p = sub.add_parser("demo", help="train the built-in demo models and write their report", formatter_class=fmt,
+                       description="Generate the demo data sets (shortcut shapes, digits, tabular), train "
+                                   "small models on them (cached after the first run) and report on each.")
+    p.add_argument("--out", default="neuronscope-demo", metavar="DIR", help="output folder (default: neuronscope-demo)")
+    p.add_argument("--force", action="store_true", help="retrain and recompute everything")
+
+    p = sub.add_parser("serve", help="serve a report folder on http://127.0.0.1", formatter_class=fmt,
+                       description="Serve a written report over HTTP on the loopback interface only.")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--port", type=int, default=8000)
+    return parser
+
+
+def _subject_from_args(args, columns=None, input_shape=None):
+    from .loading import load_model
+    from .subject import Subject
+
+    loaded = load_model(args.model, weights=args.weights, allow_pickle=args.trust_pickle)
+    shape = _shape(args.input_shape) if args.input_shape else input_shape
+    if shape is None:
+        raise NeuronscopeError("--input-shape is required here: give C,H,W for images (e.g. 3,32,32) or the "
+                               "number of columns for vectors (e.g. 8).")
+    lo_hi = _floats(args.range, "--range")
+    if len(lo_hi) != 2:
+        raise NeuronscopeError(f"--range takes two numbers LO,HI; got {args.range!r}.")
+    return Subject(
+        loaded.module, shape, value_range=tuple(lo_hi),
+        mean=_floats(args.mean, "--mean") if args.mean else None,
+        std=_floats(args.std, "--std") if args.std else None,
+        classes=_classes(args.classes), columns=columns, output=_output(args.output), task=args.task,
+        device=args.device, name=Path(str(args.model).split(":")[-1]).name, hookable=loaded.hookable,
+        fixed_batch=loaded.fixed_batch, notes=loaded.notes,
+    )
+
+
+def _report(args) -> int:
+    from .data import open_data
+    from .pipeline import ReportOptions, report
+
+    shape = _shape(args.input_shape) if args.input_shape else None
+    lo_hi = tuple(_floats(args.range, "--range"))
+    data = open_data(args.data, input_shape=shape, value_range=lo_hi, target=args.target,
+                     columns=args.columns.split(",") if args.columns else None, id_column=args.id_column,
+                     classes=_classes(args.classes))
+    subject = _subject_from_args(args, columns=data.columns, input_shape=data.input_shape)
+    if subject._classes is None and data.classes is not None:
+        subject._classes = list(data.classes)
+    opts = ReportOptions(layers=args.layers.split(",") if args.layers else None, limit=args.limit,
+                         example=args.example, batch_size=args.batch_size, progress=not args.quiet)
+    index = report(subject, data, args.out, opts)
+    print(f"Report written: {index}\nOpen it in a browser, or run: neuronscope serve {args.out}")
+    return 0
+
+
+def _run(args) -> int:
+    if args.command == "layers":
+        from .analyses.overview import overview
+
+        print(overview(_subject_from_args(args)).text())
+        return 0
+    if args.command == "filters":
+        from .pipeline import ReportOptions, report
+
+        index = report(_subject_from_args(args), None, args.out, ReportOptions(progress=not args.quiet))
+        print(f"Filters written: {index}")
+        return 0
+    if args.command == "report":
+        return _report(args)
+    if args.command == "demo":
+        from .demo.run import run_demo
+
+        index = run_demo(Path(args.out), force=args.force, progress=not args.quiet)
+        print(f"\nDemo report written: {index.resolve()}\nOpen it in a browser, or run: neuronscope serve {args.out}")
+        return 0
+    if args.command == "serve":
+        from .report.serve import serve
+
+        serve(Path(args.dir), port=args.port)
+        return 0
+    raise AssertionError(args.command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if args.quiet:
+        os.environ["NEURONSCOPE_QUIET"] = "1"
+    try:
+        return _run(args)
+    except NeuronscopeError as e:
+        msg = "\n".join(textwrap.fill(par, 100) for par in str(e).split("\n"))
+        print(f"neuronscope {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished sections are kept; rerun the same command to resume.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

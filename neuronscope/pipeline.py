@@ -1,0 +1,119 @@
+"""The main job: run every analysis that fits a model and its data into a store, then the report.
+
+Each section is keyed by a hash of the model's weights, the data and the options, so an
+interrupted or repeated run reuses what is already finished and recomputes only what changed.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__
+from .analyses.activations import LayerStatsReducer, activation_maps
+from .analyses.filters import analyze_filters
+from .analyses.overview import overview
+from .analyses.sanity import SanityReducer
+from .analyses.stream import stream
+from .errors import NeuronscopeError, UnsupportedError
+from .store import Store, content_hash, model_hash
+
+
+@dataclass
+class ReportOptions:
+    """What the report analyses; every default can be overridden (CLI flags mirror these)."""
+
+    layers: Sequence[str] | None = None  # default: Subject.default_layers()
+    limit: int | None = None  # examples for the data pass (None: all)
+    example: str | None = None  # id of the input whose activation maps are shown
+    batch_size: int = 64
+    progress: bool = True
+    title: str | None = None
+    story: str | None = None  # a paragraph shown at the top of the overview (the demo uses it)
+    extra: dict = field(default_factory=dict)  # facts shown on the overview (the demo's metrics)
+
+
+def _say(msg: str, progress: bool) -> None:
+    if progress:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def analyze(subject, data, out: str | Path, options: ReportOptions | None = None) -> Store:
+    """Run the analyses that fit ``subject`` and ``data`` into the store at ``out``."""
+    opts = options or ReportOptions()
+    store = Store(out)
+    t0 = time.perf_counter()
+    data_key = content_hash(data.summary() if data is not None else None,
+                            data.ids() if data is not None else None)
+    base_key = content_hash(__version__, model_hash(subject.model), subject.describe(), data_key)
+    store.set_info(title=opts.title or subject.name, story=opts.story, extra=opts.extra,
+                   model=subject.describe(), data=data.summary() if data is not None else None)
+
+    def key(section: str, **params) -> str:
+        return content_hash(base_key, section, params)
+
+    k = key("overview")
+    if not store.has("overview", k):
+        store.save("overview", overview(subject), key=k)
+
+    k = key("filters")
+    if not store.has("filters", k):
+        try:
+            store.save("filters", analyze_filters(subject), key=k)
+        except UnsupportedError as e:
+            _say(f"filters: skipped ({e})", opts.progress)
+
+    if data is None:
+        store.set_info(seconds=round(time.perf_counter() - t0, 2))
+        return store
+
+    layers = [] if not subject.hookable else list(opts.layers or subject.default_layers())
+    k_sanity = key("sanity", limit=opts.limit)
+    k_stats = key("layer_stats", layers=layers, limit=opts.limit)
+    need_sanity = not store.has("sanity", k_sanity)
+    need_stats = bool(layers) and not store.has("layer_stats", k_stats)
+    if need_sanity or need_stats:
+        # One forward pass over the data feeds both reducers.
+        sanity = SanityReducer(subject)
+        stats = LayerStatsReducer(subject, layers) if need_stats else None
+        for step in stream(subject, data, layers if need_stats else (), limit=opts.limit,
+                           batch_size=opts.batch_size, desc="data pass", progress=opts.progress):
+            sanity.add(step)
+            if stats is not None:
+                stats.add(step)
+        if need_sanity:
+            result = sanity.result()
+            store.save("sanity", result, key=k_sanity)
+            if result.warning:
+                _say("WARNING: " + result.warning, True)
+        if stats is not None:
+            store.save("layer_stats", stats.result(), key=k_stats)
+    if data.skipped:
+        _say(f"{len(data.skipped)} unreadable example(s) skipped; the report lists them.", opts.progress)
+        store.set_info(data=data.summary())
+
+    if layers:
+        example = opts.example or next(iter(data.ids()), None)
+        k = key("activations", layers=layers, example=example)
+        if example is not None and not store.has("activations", k):
+            try:
+                x = data.get([example]).x
+            except NeuronscopeError:
+                if opts.example:
+                    raise
+                x = next(data.batches(1)).x  # the first example was unreadable: take the next one
+                example = next(data.batches(1)).ids[0]
+            store.save("activations", activation_maps(subject, x[0], layers, example_id=example), key=k)
+    store.set_info(seconds=round(time.perf_counter() - t0, 2))
+    return store
+
+
+def report(subject, data, out: str | Path, options: ReportOptions | None = None) -> Path:
+    """Analyse, then write the static site into ``out``; returns the path of its index page."""
+    from .report import render_site
+
+    store = analyze(subject, data, out, options)
+    return render_site(store.root)

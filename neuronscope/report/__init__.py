@@ -1,0 +1,91 @@
+"""The report: a static site written from the results store (Jinja2, no CDN, opens from file://).
+
+It reads only the :class:`~neuronscope.store.Store`. Each analysis has one page template,
+``templates/<section>.html``; a section missing from the store is simply not linked.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from ..atomic import atomic_write
+from ..store import Store
+
+#: Pages in navigation order: (section in the store, file, title). "overview" is index.html.
+PAGES = [
+    ("overview", "index.html", "Overview"),
+    ("sanity", "sanity.html", "Model sanity"),
+    ("filters", "filters.html", "First-layer filters"),
+    ("activations", "activations.html", "Activation maps"),
+    ("layer_stats", "layers.html", "Layer statistics"),
+]
+
+
+def _env() -> Environment:
+    env = Environment(loader=PackageLoader("neuronscope.report", "templates"),
+                      autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
+    env.filters["pct"] = lambda v, d=0: "–" if v is None else f"{v:.{d}%}"
+    env.filters["num"] = lambda v, d=3: "–" if v is None else (f"{v:,}" if isinstance(v, int) else f"{v:.{d}g}")
+    env.filters["shape"] = lambda s: "×".join(map(str, s)) if s else "?"
+    return env
+
+
+def _rows(table: dict[str, list]) -> list[dict]:
+    keys = list(table)
+    return [dict(zip(keys, vals)) for vals in zip(*table.values())] if keys else []
+
+
+def findings(store: Store) -> list[dict]:
+    """Headline sentences from every section's summary, each linking to its evidence."""
+    out = []
+    pages = {section: file for section, file, _ in PAGES}
+    for section, entry in store.sections().items():
+        s = entry["summary"]
+        link = pages.get(section, "index.html")
+        level = "warning" if s.get("warning") else "info"
+        if s.get("finding") and section != "overview":
+            out.append({"text": s["finding"], "link": link, "level": level})
+        for f in s.get("findings", []):
+            out.append({"text": f, "link": link, "level": "info"})
+    return out
+
+
+def render_site(root: str | os.PathLike) -> Path:
+    """Write the site for the store at ``root`` into the same folder; returns index.html's path."""
+    store = Store(root)
+    env = _env()
+    sections = store.sections()
+    nav = [(file, title) for section, file, title in PAGES if section in sections]
+    static = Path(__file__).parent / "static"
+    for f in static.iterdir():
+        atomic_write(store.root / "assets" / f.name, f.read_bytes())
+    common = {"m": store.manifest, "nav": nav, "rows": _rows,
+              "rowsum": lambda row, keys: sum(row[k] for k in keys),
+              "img": lambda section, name: store.manifest["sections"][section]["images"][name],
+              "table": lambda section, name: _rows(store.table(section, name))
+              if name in sections.get(section, {}).get("tables", {}) else []}
+    for section, file, title in PAGES:
+        if section not in sections:
+            continue
+        page = env.get_template(f"{section}.html").render(
+            **common, page=file, title=title, s=sections[section]["summary"], entry=sections[section],
+            findings=findings(store) if section == "overview" else [])
+        atomic_write(store.root / file, page.encode())
+    return store.root / "index.html"
+
+
+def render_index(root: str | os.PathLike, title: str, intro: str, models: list[dict]) -> Path:
+    """A page linking several model reports (the demo): each dict has name, title, story, link, facts."""
+    page = _env().get_template("collection.html").render(title=title, intro=intro, models=models)
+    root = Path(root)
+    static = Path(__file__).parent / "static"
+    for f in static.iterdir():
+        atomic_write(root / "assets" / f.name, f.read_bytes())
+    atomic_write(root / "index.html", page.encode())
+    return root / "index.html"
+
+
+__all__ = ["render_site", "render_index", "findings"]
