@@ -46,8 +46,9 @@ def analyze(subject, data, out: str | Path, options: ReportOptions | None = None
     opts = options or ReportOptions()
     store = Store(out)
     t0 = time.perf_counter()
-    data_key = content_hash(data.summary() if data is not None else None,
-                            data.ids() if data is not None else None)
+    # Not data.summary(): its count of unreadable files grows as they are met.
+    data_key = None if data is None else content_hash(
+        data.source, data.kind, data.input_shape, data.classes, data.columns, data.target, data.ids())
     base_key = content_hash(__version__, model_hash(subject.model), subject.describe(), data_key)
     store.set_info(title=opts.title or subject.name, story=opts.story, extra=opts.extra,
                    model=subject.describe(), data=data.summary() if data is not None else None)
@@ -104,8 +105,8 @@ def analyze(subject, data, out: str | Path, options: ReportOptions | None = None
             except NeuronscopeError:
                 if opts.example:
                     raise
-                x = next(data.batches(1)).x  # the first example was unreadable: take the next one
-                example = next(data.batches(1)).ids[0]
+                first = next(data.batches(1))  # the first example was unreadable: take the next one
+                x, example = first.x, first.ids[0]
             store.save("activations", activation_maps(subject, x[0], layers, example_id=example), key=k)
     store.set_info(seconds=round(time.perf_counter() - t0, 2))
     return store

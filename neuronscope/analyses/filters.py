@@ -278,7 +278,7 @@ class FiltersResult:
     def finding(self) -> str:
         dead = int(self.dead.sum())
         tail = f"; {dead} of {self.n_filters} are dead (near-zero weights)." if dead else "."
-        name = self.layer
+        name = self.layer if self.layer[:1].isalpha() else f"layer {self.layer}"
         if self.kind == "dense-table":
             importance = self.column_importance()
             top = [self._column_names()[i] for i in np.argsort(-importance)[:3]]

@@ -1,0 +1,187 @@
+"""The main job end to end: store, resumable sections, report site, activation statistics, sanity."""
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from neuronscope import Subject
+from neuronscope.analyses.activations import UnitStats, activation_maps, layer_stats
+from neuronscope.analyses.sanity import sanity
+from neuronscope.data import open_data
+from neuronscope.pipeline import ReportOptions, analyze, report
+from neuronscope.store import Store
+
+
+def small_cnn(dead_channel: int | None = None) -> nn.Module:
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 6, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+                      nn.Conv2d(6, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    if dead_channel is not None:
+        with torch.no_grad():
+            m[0].weight[dead_channel].zero_()
+            m[0].bias[dead_channel] = -1.0  # never above zero after the ReLU
+    return m
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    for c in ("dark", "light"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(6):
+            base = 40 if c == "dark" else 200
+            arr = np.clip(base + rng.normal(0, 20, (16, 16, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(tmp_path / "imgs" / c / f"{i}.png")
+    (tmp_path / "imgs" / "dark" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return tmp_path / "imgs"
+
+
+def test_unit_stats_merge_equals_one_pass():
+    torch.manual_seed(0)
+    acts = torch.relu(torch.randn(50, 5, 4, 4))
+    whole = UnitStats(5)
+    whole.add(acts)
+    a, b = UnitStats(5), UnitStats(5)
+    a.add(acts[:17])
+    b.add(acts[17:])
+    merged = UnitStats.from_state_dict(a.merge(b).state_dict())
+    for k, v in whole.result().items():
+        np.testing.assert_allclose(merged.result()[k], v, rtol=1e-12)
+    np.testing.assert_allclose(whole.result()["mean"], acts.double().mean((0, 2, 3)).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(whole.result()["sparsity"], (acts == 0).double().mean((0, 2, 3)).numpy())
+
+
+def test_dead_units_are_found(image_folder):
+    s = Subject(small_cnn(dead_channel=2), (3, 16, 16), classes=["dark", "light"])
+    data = open_data(image_folder, input_shape=(3, 16, 16))
+    res = layer_stats(s, data, ["1", "3"], progress=False)
+    dead = res.dead("1")
+    assert dead[2] and dead.sum() == 1
+    assert res.summary()["findings"] == [f"1 of 6 units in 1 never fire on these {res.n_examples} examples (dead)."]
+    assert res.n_examples == 12 and "dark/broken.png" in data.skipped
+
+
+def test_sanity_confusion_and_near_chance_warning(image_folder):
+    s = Subject(small_cnn(), (3, 16, 16), classes=["dark", "light"])
+    data = open_data(image_folder, input_shape=(3, 16, 16))
+    res = sanity(s, data, progress=False)
+    assert res.confusion.sum() == 12 and res.confusion.shape == (2, 2)
+    assert res.accuracy == pytest.approx(np.trace(res.confusion) / 12)
+    # An untrained net on a balanced set sits at chance: the report must say so loudly.
+    assert res.warning and "near chance" in res.warning and "--mean/--std" in res.warning
+
+
+def test_sanity_on_a_model_that_works():
+    torch.manual_seed(0)
+    x = torch.randn(200, 3)
+    y = (x[:, 0] > 0).long()
+    m = nn.Linear(3, 2)
+    with torch.no_grad():
+        m.weight.copy_(torch.tensor([[-5.0, 0, 0], [5.0, 0, 0]]))
+        m.bias.zero_()
+    tmp = Path(torch.__file__).parent  # unused; arrays via an in-memory npz below
+    del tmp
+
+    class Arrays:
+        classes = ["neg", "pos"]
+        skipped = {}
+
+        def __len__(self):
+            return 200
+
+        def batches(self, n, limit=None):
+            from neuronscope.data import Batch
+
+            for i in range(0, 200, n):
+                yield Batch([str(j) for j in range(i, min(i + n, 200))], x[i:i + n], y[i:i + n])
+
+    res = sanity(Subject(m, (3,), classes=["neg", "pos"]), Arrays(), progress=False)
+    assert res.accuracy == 1.0 and res.warning is None and res.errors["id"] == []
+
+
+def test_regression_sanity_reports_r2(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(100, 2)).astype(np.float32)
+    y = (x @ np.array([1.0, -2.0], dtype=np.float32)).astype(np.float32)
+    np.savez(tmp_path / "reg.npz", x=x, y=y + 0.5)
+    m = nn.Linear(2, 1)
+    with torch.no_grad():
+        m.weight.copy_(torch.tensor([[1.0, -2.0]]))
+        m.bias.zero_()
+    s = Subject(m, (2,))
+    res = sanity(s, open_data(tmp_path / "reg.npz", input_shape=(2,)), progress=False)
+    assert res.task == "regression" and res.mae == pytest.approx(0.5, abs=1e-5)
+    assert res.r2 == pytest.approx(1 - 0.25 / y.var(), rel=1e-4)
+
+
+def test_activation_maps_picture_every_layer(image_folder):
+    s = Subject(small_cnn(), (3, 16, 16))
+    x = open_data(image_folder, input_shape=(3, 16, 16)).get(["light/0.png"]).x[0]
+    res = activation_maps(s, x, example_id="light/0.png")
+    assert res.layers == ["1", "4", "7"]
+    assert res.shapes["1"] == (6, 16, 16) and res.shapes["7"] == (2,)
+    assert res.signed["7"] or not res.signed["1"]
+    top = res.top_channels["1"]
+    acts = s.activations(x[None], ["1"])["1"][0].flatten(1).amax(1)
+    assert top[0][0] == int(acts.argmax()) and top[0][1] == pytest.approx(float(acts.max()))
+
+
+def test_report_writes_a_site_and_resumes(image_folder, tmp_path, monkeypatch):
+    s = Subject(small_cnn(), (3, 16, 16), classes=["dark", "light"])
+    data = open_data(image_folder, input_shape=(3, 16, 16))
+    out = tmp_path / "report"
+    index = report(s, data, out, ReportOptions(progress=False))
+    assert index == out / "index.html"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["sections"]) == {"overview", "filters", "sanity", "layer_stats", "activations"}
+    for page in ["index.html", "filters.html", "sanity.html", "activations.html", "layers.html"]:
+        html = (out / page).read_text()
+        for src in re.findall(r'(?:src|href)="([^"#:]+)"', html):
+            assert (out / src).exists(), f"{page} links to missing {src}"
+    assert "dark/broken.png" in (out / "index.html").read_text(), "skipped files are listed"
+    assert not list(out.rglob("*.tmp")), "atomic writes leave no temporary files"
+
+    # A second run with nothing changed recomputes nothing.
+    import neuronscope.pipeline as pipeline
+
+    def boom(*a, **k):
+        raise AssertionError("finished section recomputed")
+
+    monkeypatch.setattr(pipeline, "analyze_filters", boom)
+    monkeypatch.setattr(pipeline, "activation_maps", boom)
+    monkeypatch.setattr(pipeline, "stream", boom)
+    analyze(s, data, out, ReportOptions(progress=False))
+
+    # Changed weights invalidate the sections.
+    with torch.no_grad():
+        s.model[0].weight.add_(0.1)
+    with pytest.raises(AssertionError, match="recomputed"):
+        analyze(s, data, out, ReportOptions(progress=False))
+
+
+def test_store_round_trip(tmp_path):
+    class R:
+        def tables(self):
+            return {"t": {"a": [1, 2], "b": ["x", "y"]}}
+
+        def images(self):
+            return {"pic": np.zeros((4, 4, 3), np.uint8)}
+
+        def summary(self):
+            return {"v": np.float64(1.5), "nan": float("nan")}
+
+    st = Store(tmp_path / "s")
+    st.save("sec", R(), key="k1")
+    again = Store(tmp_path / "s")
+    assert again.has("sec", "k1") and not again.has("sec", "k2")
+    assert again.table("sec", "t") == {"a": [1, 2], "b": ["x", "y"]}
+    assert again.summary("sec") == {"v": 1.5, "nan": None}
+    assert Image.open(again.image_path("sec", "pic")).size == (4, 4)
+    again.image_path("sec", "pic").unlink()
+    assert not Store(tmp_path / "s").has("sec", "k1"), "a missing file means the section is unfinished"
