@@ -53,7 +53,7 @@ def _floats(text: str, what: str) -> list[float]:
 
 def _shape(text: str) -> tuple[int, ...]:
     try:
-        shape = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
+        shape = tuple(int(v) for v in text.replace("x", ",").split(","))
     except ValueError:
         shape = ()
     if not shape or any(s <= 0 for s in shape):

@@ -263,20 +263,16 @@ def _image_shape(input_shape) -> tuple[int, int, int]:
 
 
 def _check_folder_classes(found: list[str], given: Sequence[str] | None, root) -> list[str]:
-    """Class names in label order: the given order if it is the same set as the folders."""
+    """Class names in label order: the given (model's) order. A folder may hold only some of
+    the classes (evaluating on a subset is common), but never a class the model lacks."""
     if given is None:
         return found
     given = [str(c) for c in given]
-    missing = sorted(set(given) - set(found))
     extra = sorted(set(found) - set(given))
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"no folder for class(es) {', '.join(map(repr, missing))}")
-        if extra:
-            parts.append(f"folder(s) {', '.join(map(repr, extra))} not among the given classes")
-        raise DataError(f"{root}: the class folders do not match the given classes: "
-                        + "; ".join(parts) + ".")
+    if extra:
+        raise DataError(f"{root}: folder(s) {', '.join(map(repr, extra))} are not among the model's "
+                        f"classes ({', '.join(given[:12])}{', ...' if len(given) > 12 else ''}): "
+                        "rename the folders or fix --classes.")
     return given
 
 

@@ -457,6 +457,9 @@ class Subject:
                 f"Module {name!r} is called {len(reused)} times in one forward pass; name one call: "
                 + ", ".join(repr(i.name) for i in reused) + "."
             )
+        if (":" in name or "@" in name) and name.split(":")[0].split("@")[0] in {i.name for i in self.layers}:
+            raise UnknownLayerError(f"{name!r} is a unit address; a layer is named without ':channel' or "
+                                    f"'@y,x' (here: {name.split(':')[0].split('@')[0]!r}).")
         module_names = {n for n, _ in self.model.named_modules() if n}
         if name in module_names:
             raise UnknownLayerError(f"Module {name!r} exists but is never called in the forward pass.")

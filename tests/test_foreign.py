@@ -1,0 +1,113 @@
+"""Real models trained elsewhere (Captum's tutorial networks), used as a user would use them.
+
+The CIFAR network: its layers and first-layer filters, and a report on the swan photo plus
+generated images. The housing regressor and the Titanic classifier (which ends in a Softmax
+module): reports on synthetic rows in plausible ranges, since their data sets are not shipped.
+"""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pytest
+from PIL import Image
+
+from neuronscope.cli import main
+
+MODELS = Path(__file__).parent / "models" / "foreign_models.py"
+
+
+def _fixtures() -> Path | None:
+    env = os.environ.get("NEURONSCOPE_FIXTURES")
+    for cand in ([Path(env), Path(env) / "foreign"] if env else []) + [
+            Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "foreign"]:
+        if (cand / "cifar_torchvision.pt").exists():
+            return cand
+    return None
+
+
+FIX = _fixtures()
+pytestmark = pytest.mark.skipif(FIX is None, reason="shared/fixtures/foreign not found (set NEURONSCOPE_FIXTURES)")
+CIFAR = ["--weights", str(FIX / "cifar_torchvision.pt") if FIX else "", "--input-shape", "3,32,32",
+         "--mean", "0.5", "--std", "0.5", "--classes", "plane,car,bird,cat,deer,dog,frog,horse,ship,truck"]
+
+
+def test_cifar_layers(capsys):
+    assert main(["-q", "layers", f"{MODELS}:cifar_net", *CIFAR]) == 0
+    out = capsys.readouterr().out
+    for row in ("conv1  Conv2d     6x28x28   456", "conv2  Conv2d     16x10x10  2,416", "fc3    Linear     10"):
+        assert row in out
+    assert "62,006 parameters" in out
+
+
+def test_cifar_filters_and_report_on_the_swan_and_generated_images(tmp_path, capsys):
+    data = tmp_path / "photos"
+    (data / "bird").mkdir(parents=True)
+    (data / "plane").mkdir()
+    shutil.copy(FIX / "swan-3299528_1280.jpg", data / "bird" / "swan.jpg")
+    rng = np.random.default_rng(0)
+    for i in range(4):  # generated: sky-blue backgrounds with a grey blob
+        img = np.zeros((48, 64, 3), np.uint8) + np.array([120, 170, 230], np.uint8)
+        y, x = rng.integers(10, 30), rng.integers(10, 40)
+        img[y:y + 10, x:x + 20] = 140
+        Image.fromarray(img).save(data / "plane" / f"gen{i}.png")
+    out = tmp_path / "report"
+    assert main(["-q", "report", f"{MODELS}:cifar_net", *CIFAR, "--data", str(data), "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    filters = manifest["sections"]["filters"]["summary"]
+    assert filters["layer"] == "conv1" and filters["kind"] == "conv-rgb" and filters["filters"] == 6
+    assert 0 <= filters["noisy_fraction"] <= 1 and filters["score_defined"]
+    assert min(Image.open(out / "images" / "filters" / "filters.png").size) >= 2 * 40  # 5x5 tiles blown up
+    sanity = manifest["sections"]["sanity"]["summary"]
+    assert sanity["n"] == 5 and sanity["classes"][2] == "bird"
+    acts = manifest["sections"]["activations"]["summary"]
+    assert [l["layer"] for l in acts["layers"]] == ["relu1", "relu2", "relu3", "relu4", "fc3"]
+    assert acts["example_id"] == "bird/swan.jpg"
+
+
+def _rows(n, ranges, seed=0):
+    rng = np.random.default_rng(seed)
+    return {k: rng.uniform(lo, hi, n) for k, (lo, hi) in ranges.items()}
+
+
+def test_california_regressor(tmp_path):
+    cols = _rows(64, {"MedInc": (0.5, 15), "HouseAge": (1, 52), "AveRooms": (1, 10), "AveBedrms": (0.5, 3),
+                      "Population": (3, 5000), "AveOccup": (1, 6), "Latitude": (32.5, 42), "Longitude": (-124, -114)})
+    cols["price"] = np.clip(0.4 * cols["MedInc"] + 0.3, 0.15, 5.0)
+    pacsv.write_csv(pa.table(cols), tmp_path / "houses.csv")
+    out = tmp_path / "r"
+    assert main(["-q", "report", f"{MODELS}:california_net", "--weights", str(FIX / "california_model.pt"),
+                 "--data", str(tmp_path / "houses.csv"), "--target", "price", "--out", str(out)]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["model"]["task"] == "regression" and m["model"]["columns"][0] == "MedInc"
+    assert m["sections"]["sanity"]["summary"]["task"] == "regression"
+    assert m["sections"]["filters"]["summary"]["kind"] == "dense-table"
+    assert "lin4" in [l["layer"] for l in m["sections"]["activations"]["summary"]["layers"]]
+
+
+def test_titanic_classifier_ending_in_softmax(tmp_path):
+    n = 48
+    rng = np.random.default_rng(1)
+    cols = {"age": rng.uniform(1, 70, n), "sibsp": rng.integers(0, 4, n).astype(float),
+            "parch": rng.integers(0, 3, n).astype(float), "fare": rng.uniform(5, 250, n)}
+    sex = rng.integers(0, 2, n)
+    emb = rng.integers(0, 3, n)
+    cls = rng.integers(0, 3, n)
+    cols.update({"female": (sex == 0) * 1.0, "male": (sex == 1) * 1.0,
+                 "embark_C": (emb == 0) * 1.0, "embark_Q": (emb == 1) * 1.0, "embark_S": (emb == 2) * 1.0,
+                 "class_1": (cls == 0) * 1.0, "class_2": (cls == 1) * 1.0, "class_3": (cls == 2) * 1.0})
+    cols["survived"] = sex == 0
+    pacsv.write_csv(pa.table(cols), tmp_path / "titanic.csv")
+    out = tmp_path / "r"
+    assert main(["-q", "report", f"{MODELS}:titanic_net", "--weights", str(FIX / "titanic_model.pt"),
+                 "--data", str(tmp_path / "titanic.csv"), "--target", "survived", "--classes", "died,survived",
+                 "--out", str(out)]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["model"]["squash"] == "softmax" and m["model"]["classes"] == ["died", "survived"]
+    layers = [l["layer"] for l in m["sections"]["activations"]["summary"]["layers"]]
+    assert layers[-1] == "linear3" and "softmax" not in layers, "logits are read before the Softmax"
+    assert m["sections"]["sanity"]["summary"]["n"] == n
