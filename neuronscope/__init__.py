@@ -12,8 +12,20 @@ What did the network learn, which features does it care about, and why::
 
 __version__ = "0.1.0"
 
+from .analyses.activations import activation_maps, layer_stats  # noqa: E402
+from .analyses.filters import analyze_filters as filters  # noqa: E402
+from .analyses.overview import overview  # noqa: E402
+from .analyses.sanity import sanity  # noqa: E402
+from .data import open_data  # noqa: E402
 from .errors import NeuronscopeError  # noqa: E402
+from .loading import load_model  # noqa: E402
+from .pipeline import ReportOptions, analyze, report  # noqa: E402
+from .store import Store  # noqa: E402
 from .subject import Subject  # noqa: E402
 from .units import Unit, parse_unit  # noqa: E402
 
-__all__ = ["NeuronscopeError", "Subject", "Unit", "parse_unit", "__version__"]
+__all__ = [
+    "NeuronscopeError", "ReportOptions", "Store", "Subject", "Unit", "activation_maps", "analyze",
+    "filters", "layer_stats", "load_model", "open_data", "overview", "parse_unit", "report", "sanity",
+    "__version__",
+]

@@ -217,6 +217,7 @@ class ActivationMapsResult:
     pictures: dict[str, object]  # layer -> PIL image
     top_channels: dict[str, list[tuple[int, float]]]  # strongest channels (by spatial max)
     signed: dict[str, bool] = field(default_factory=dict)
+    scales: dict[str, float] = field(default_factory=dict)  # largest |activation| per layer
 
     def tables(self) -> dict[str, dict[str, list]]:
         rows = {"layer": [], "rank": [], "unit": [], "score": []}
@@ -237,7 +238,8 @@ class ActivationMapsResult:
         return {
             "example_id": self.example_id,
             "layers": [{"layer": l, "shape": list(self.shapes[l]), "image": f"layer-{i:03d}",
-                        "signed": self.signed[l], "top": [f"{l}:{c}" for c, _ in self.top_channels[l][:5]]}
+                        "signed": self.signed[l], "scale": self.scales[l],
+                        "top": [f"{l}:{c}" for c, _ in self.top_channels[l][:5]]}
                        for i, l in enumerate(self.layers)],
         }
 
@@ -269,13 +271,14 @@ def activation_maps(subject, x, layers: Sequence[str] | None = None, *, example_
         x = x[None]
     layers = list(layers) if layers is not None else subject.default_layers()
     acts = subject.activations(x, layers)
-    pictures, shapes, tops, signed = {}, {}, {}, {}
+    pictures, shapes, tops, signed, scales = {}, {}, {}, {}, {}
     for l in layers:
         a = acts[subject.layer(l).name][0].detach().double().cpu().numpy()
         name = subject.layer(l).name
         shapes[name] = tuple(a.shape)
         is_signed = bool((a < 0).any())
         signed[name] = is_signed
+        scales[name] = float(np.abs(a).max()) if a.size else 0.0
         if a.ndim >= 2:
             maps = a.reshape(a.shape[0], a.shape[1], -1)
             pictures[name] = imaging.to_image(imaging.channel_grid(maps, signed=is_signed))
@@ -286,4 +289,4 @@ def activation_maps(subject, x, layers: Sequence[str] | None = None, *, example_
         order = np.argsort(-scores, kind="stable")[:top]
         tops[name] = [(int(c), float(scores[c])) for c in order]
     return ActivationMapsResult(example_id, input_picture(subject, x[0]), list(pictures), shapes,
-                                pictures, tops, signed)
+                                pictures, tops, signed, scales)
