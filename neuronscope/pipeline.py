@@ -71,7 +71,9 @@ def analyze(subject, data, out: str | Path, options: ReportOptions | None = None
         store.set_info(seconds=round(time.perf_counter() - t0, 2))
         return store
 
-    layers = [] if not subject.hookable else list(opts.layers or subject.default_layers())
+    if opts.layers and not subject.hookable:
+        subject._require_hooks("the layers " + ", ".join(opts.layers))
+    layers = list(opts.layers or subject.default_layers()) if subject.hookable else []
     k_sanity = key("sanity", limit=opts.limit)
     k_stats = key("layer_stats", layers=layers, limit=opts.limit)
     need_sanity = not store.has("sanity", k_sanity)

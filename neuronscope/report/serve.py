@@ -9,17 +9,23 @@ from pathlib import Path
 from ..errors import NeuronscopeError
 
 
-def serve(root: Path, port: int = 8000, host: str = "127.0.0.1") -> None:
-    """Serve ``root`` over HTTP until interrupted (binds 127.0.0.1 only)."""
+def make_server(root: Path, port: int = 8000, host: str = "127.0.0.1") -> http.server.ThreadingHTTPServer:
+    """An HTTP server for the report in ``root``, bound to the loopback interface only."""
+    root = Path(root)
     if not (root / "index.html").exists():
         raise NeuronscopeError(f"{root} holds no report (no index.html): write one with "
                                "`neuronscope report ... --out DIR` or `neuronscope demo`.")
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
     try:
-        httpd = http.server.ThreadingHTTPServer((host, port), handler)
+        return http.server.ThreadingHTTPServer((host, port), handler)
     except OSError as e:
         raise NeuronscopeError(f"Cannot listen on {host}:{port} ({e.strerror}): try another --port.") from None
-    print(f"Serving {root} at http://{host}:{httpd.server_address[1]}/ (Ctrl-C to stop)")
+
+
+def serve(root: Path, port: int = 8000) -> None:
+    """Serve ``root`` until interrupted."""
+    httpd = make_server(root, port)
+    print(f"Serving {root} at http://127.0.0.1:{httpd.server_address[1]}/ (Ctrl-C to stop)", flush=True)
     with httpd:
         try:
             httpd.serve_forever()
