@@ -178,7 +178,7 @@ def _report(args) -> int:
                      classes=_classes(args.classes))
     subject = _subject_from_args(args, columns=data.columns, input_shape=data.input_shape)
     if subject._classes is None and data.classes is not None:
-        subject._classes = list(data.classes)
+        subject.classes = data.classes  # names from the data's class folders or label column
     opts = ReportOptions(layers=args.layers.split(",") if args.layers else None, limit=args.limit,
                          example=args.example, batch_size=args.batch_size, progress=not args.quiet)
     index = report(subject, data, args.out, opts)

@@ -651,6 +651,12 @@ class Subject:
             )
         return self._classes
 
+    @classes.setter
+    def classes(self, names: Sequence[str] | None) -> None:
+        self._classes = list(names) if names is not None else None
+        if self._task is None and names is not None:
+            self._task = "classification"
+
     def logits(self, x) -> torch.Tensor:
         """Model outputs before a final Softmax/Sigmoid/LogSoftmax module (logits where it has one)."""
         if self.squash is None:
