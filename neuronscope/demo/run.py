@@ -1,0 +1,98 @@
+"""`neuronscope demo`: build the demo models and data, then report on each the way a user would.
+
+Every model goes through the public path (``load_model`` on ``file.py:factory`` + state dict,
+``open_data`` on the saved folder/array/table, :func:`neuronscope.pipeline.report`), so the demo
+proves the main job rather than a special case.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from ..data import open_data
+from ..loading import load_model
+from ..pipeline import ReportOptions, report
+from ..report import render_index
+from ..subject import Subject
+from .build import build_demo
+
+INTRO = (
+    "Six small models trained here on generated and scikit-learn data. The headline: a CNN on "
+    "shapes that learned a shortcut (a small marker that, in training, came with one class) and its "
+    "clean twin trained on the same images without the marker. Each card opens that model's report."
+)
+
+
+def subject_for(entry: dict, root: Path) -> Subject:
+    """The Subject for one demo manifest entry, loaded as a user would load it."""
+    loaded = load_model(entry["factory"], weights=root / entry["weights"])
+    return Subject(loaded.module, entry["input_shape"], value_range=tuple(entry.get("value_range", (0, 1))),
+                   mean=entry.get("mean"), std=entry.get("std"), classes=entry.get("classes"),
+                   columns=entry.get("columns"), task=entry.get("task"), name=entry["name"],
+                   notes=loaded.notes)
+
+
+def data_for(entry: dict, root: Path):
+    return open_data(root / entry["data"], input_shape=entry["input_shape"],
+                     value_range=tuple(entry.get("value_range", (0, 1))), target=entry.get("target"),
+                     classes=entry.get("classes") if not entry.get("target") else None)
+
+
+#: How the demo's measured numbers read on the cards and overview pages.
+METRIC_LABELS = {
+    "test_accuracy": "test accuracy (images without the marker)",
+    "test_accuracy_all": "test accuracy (all test images; 25% of each class carry the marker)",
+    "flip_rate": "other-class test images predicted as the shortcut class once the marker is added",
+    "base_rate": "the same, without the marker",
+    "other_accuracy": "accuracy on the other classes",
+    "other_accuracy_marked": "accuracy on the other classes with the marker added",
+    "shortcut_class": "shortcut class",
+    "train_marker_rate": "shortcut-class training images carrying the marker",
+    "train_accuracy": "training accuracy",
+    "loss": "final mean log-loss",
+    "grad_max_abs": "largest |gradient| of the loss at the fitted weights",
+    "weight_max_abs": "largest |weight|",
+    "iterations": "L-BFGS iterations",
+    "n_train": "training examples",
+}
+
+
+def facts(entry: dict) -> dict[str, str]:
+    """The demo's measured numbers as labelled, formatted strings."""
+    out = {}
+    for k, v in (entry.get("metrics") or {}).items():
+        label = METRIC_LABELS.get(k, k.replace("_", " "))
+        if isinstance(v, float):
+            out[label] = f"{v:.1%}" if 0 <= v <= 1 and ("acc" in k or "rate" in k) else f"{v:.4g}"
+        elif isinstance(v, (int, str)):
+            out[label] = f"{v:,}" if isinstance(v, int) else v
+    return out
+
+
+def run_demo(out: Path, *, force: bool = False, progress: bool = True) -> Path:
+    """Build (or reuse) the demo, report on every model, and write an index linking them."""
+    t0 = time.perf_counter()
+    out = Path(out)
+    manifest = build_demo(out / "demo-data", force=force, progress=progress)
+    root = out / "demo-data"
+    cards = []
+    for entry in manifest["models"]:
+        t = time.perf_counter()
+        subject = subject_for(entry, root)
+        data = data_for(entry, root)
+        if subject._classes is None and data.classes is not None:
+            subject.classes = data.classes
+        opts = ReportOptions(progress=progress, title=entry.get("title"), story=entry.get("story"),
+                             extra=facts(entry))
+        index = report(subject, data, out / entry["name"], opts)
+        if progress:
+            print(f"  report {entry['name']}: {time.perf_counter() - t:.1f} s", file=sys.stderr)
+        cards.append({"name": entry["name"], "title": entry.get("title", entry["name"]),
+                      "story": entry.get("story", ""), "link": f"{entry['name']}/{index.name}",
+                      "facts": facts(entry)})
+    index = render_index(out, "neuronscope demo", INTRO, cards)
+    if progress:
+        print(f"demo finished in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return index

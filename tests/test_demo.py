@@ -1,0 +1,417 @@
+"""The built-in demo: its data, its models, and the properties the report relies on.
+
+The slow tests share one build (module fixture) and read it back from disk the way the rest of
+neuronscope will: factory + state dict, image folder, npz, CSV, manifest normalization.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import statsmodels.api as sm
+import torch
+from PIL import Image
+from sklearn import datasets
+from torch import nn
+from torch.nn import functional as F
+
+from neuronscope.demo import build, models, shapes
+from neuronscope.demo import train as T
+from neuronscope.demo.build import NAMES, build_demo
+
+SEED = 0
+
+
+# --- fixtures and readers ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo_built(tmp_path_factory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("demo") / "demo-data"  # where `neuronscope demo --out DIR` builds
+    return root, build_demo(root, progress=False, seed=SEED)
+
+
+def entry(manifest: dict, name: str) -> dict:
+    return next(e for e in manifest["models"] if e["name"] == name)
+
+
+def load(root: Path, e: dict) -> nn.Module:
+    """The model as neuronscope loads it: the factory from its file, then the state dict."""
+    path, factory = e["factory"].rsplit(":", 1)
+    assert Path(path) == Path(models.__file__).resolve()
+    model = getattr(models, factory)()
+    model.load_state_dict(torch.load(root / e["weights"], weights_only=True))
+    return model.eval()
+
+
+def normalized(x: np.ndarray, e: dict) -> torch.Tensor:
+    dtype = torch.float64 if e["name"].endswith("logistic") else torch.float32
+    return T.normalize(x, np.array(e["mean"]), np.array(e["std"]), dtype)
+
+
+def read_folder(folder: Path, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = [], []
+    for k, name in enumerate(classes):
+        for file in sorted((folder / name).glob("*.png")):
+            xs.append(np.asarray(Image.open(file).convert("RGB"), np.float32) / 255.0)
+            ys.append(k)
+    return np.stack(xs).transpose(0, 3, 1, 2), np.array(ys)
+
+
+def read_table(root: Path, e: dict) -> tuple[np.ndarray, np.ndarray]:
+    table = pd.read_csv(root / e["data"])
+    x = table.drop(columns=e["target"]).to_numpy(np.float64, copy=True)
+    return x, table[e["target"]].to_numpy(np.int64, copy=True)
+
+
+# --- shapes data (fast) --------------------------------------------------------------------
+
+
+def test_shapes_are_seeded_and_in_range():
+    a, a_clean = shapes.make_train(40, seed=3)
+    b, _ = shapes.make_train(40, seed=3)
+    c, _ = shapes.make_train(40, seed=4)
+    assert np.array_equal(a.x, b.x) and np.array_equal(a.y, b.y)
+    assert not np.array_equal(a.x, c.x)
+    assert a.x.shape == (40, 3, 32, 32) and a.x.dtype == np.float32
+    assert 0.0 <= a.x.min() and a.x.max() <= 1.0
+    assert np.array_equal(np.round(a.x * 255) / 255, a.x)  # 8-bit levels survive PNG exactly
+    assert np.bincount(a.y).tolist() == [10] * len(shapes.CLASSES)
+    assert list(shapes.CLASSES) == sorted(shapes.CLASSES)  # the image folder's order
+
+
+def test_marker_round_trip():
+    clean = shapes.make_test(50, seed=1, marker_rate=0.0).x
+    assert not shapes.has_marker(clean).any()
+    marked = shapes.add_marker(clean)
+    assert shapes.has_marker(marked).all()
+    assert not shapes.has_marker(clean).any(), "add_marker must not modify its input"
+    assert np.array_equal(shapes.add_marker(clean[0]), marked[0])  # one (3, H, W) image too
+
+
+@pytest.fixture(scope="module")
+def demo_splits():
+    return build.shapes_splits(SEED)
+
+
+def test_clean_twin_is_the_train_split_without_marker(demo_splits):
+    train, clean, _ = demo_splits
+    assert not shapes.has_marker(clean.x).any()
+    assert np.array_equal(shapes.has_marker(train.x), train.marked)
+    assert np.array_equal(train.y, clean.y)
+    assert np.array_equal(train.x[~train.marked], clean.x[~train.marked])
+    assert np.array_equal(train.x[train.marked], shapes.add_marker(clean.x[train.marked]))
+
+
+def test_train_marker_only_on_the_shortcut_class(demo_splits):
+    train, _, _ = demo_splits
+    target = shapes.CLASSES.index(shapes.SHORTCUT_CLASS)
+    assert not train.marked[train.y != target].any()
+    rate = train.marked[train.y == target].mean()
+    assert abs(rate - build.CONFIG["shapes"]["marker_rate_train"]) < 0.04
+
+
+def test_test_marker_independent_of_class(demo_splits):
+    _, _, test = demo_splits
+    rates = [test.marked[test.y == k].mean() for k in range(len(shapes.CLASSES))]
+    # 500 images per class: a binomial standard deviation of about 0.02
+    assert np.allclose(rates, build.CONFIG["shapes"]["marker_rate_test"], atol=0.06), rates
+
+
+def test_shapes_keep_off_the_marker():
+    rng = np.random.default_rng(0)
+    for shape in shapes.CLASSES:
+        for _ in range(200):
+            img, mask = shapes._draw(rng, shape)
+            assert img.shape == (3, 32, 32) and mask.shape == (32, 32)
+            assert mask.sum() > 20  # a real shape was drawn
+            assert not mask[shapes.MARKER_Y:, shapes.MARKER_X:].any()
+
+
+# --- factories and fitting (fast) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, shape, dtype, out", [
+    ("shapes_cnn", (3, 32, 32), torch.float32, 4),
+    ("digits_cnn", (1, 8, 8), torch.float32, 10),
+    ("diabetes_logistic", (10,), torch.float64, 1),
+    ("cancer_logistic", (30,), torch.float64, 1),
+    ("cancer_mlp", (30,), torch.float32, 1),
+])
+def test_factories_build_fresh_models(name, shape, dtype, out):
+    a, b = getattr(models, name)(), getattr(models, name)()
+    assert a is not b
+    assert all(p.dtype == dtype for p in a.parameters())
+    with torch.no_grad():
+        y = a.eval()(torch.rand(2, *shape, dtype=dtype))
+    assert y.shape == (2, out)
+
+
+def test_shapes_cnn_is_realistic():
+    model = models.shapes_cnn()
+    assert model.conv1.kernel_size == (5, 5)
+    assert any(isinstance(m, nn.ReLU) and m.inplace for m in model.modules())
+
+
+def diabetes_design() -> tuple[np.ndarray, np.ndarray]:
+    frame = datasets.load_diabetes(as_frame=True).frame
+    y = np.array(frame["target"] > frame["target"].median(), dtype=np.int64)
+    return frame.drop(columns="target").to_numpy(np.float64), y
+
+
+def test_fit_logistic_is_the_mle():
+    x, y = diabetes_design()
+    mean, std = T.normalization(x, axis=(0,))
+    z = T.normalize(x, mean, std, torch.float64)
+    model = models.diabetes_logistic()
+    fit = T.fit_logistic(model, z, torch.from_numpy(y))
+    assert fit["grad_max_abs"] < 1e-8
+    ref = sm.Logit(y, sm.add_constant(z.numpy())).fit(disp=0, method="newton", tol=1e-12)
+    ours = np.r_[model[0].bias.detach().numpy(), model[0].weight.detach().numpy()[0]]
+    assert np.abs(ours - ref.params).max() < 1e-6
+
+
+def test_shortcut_effect_counts_other_classes_only():
+    class Fixed(nn.Module):  # predicts class 3 exactly when pixel (0, 0, 0) is 1
+        def forward(self, x):
+            hit = (x[:, 0, 0, 0] == 1).float()
+            return torch.stack([1 - hit, 0 * hit, 0 * hit, hit], 1)
+
+    y = torch.tensor([0, 0, 3, 1])
+    plain = torch.zeros(4, 1, 1, 1)
+    marked = plain.clone()
+    marked[:3] = 1  # the last image ignores the marker
+    effect = T.shortcut_effect(Fixed(), plain, marked, y, target=3)
+    assert effect["flip_rate"] == pytest.approx(2 / 3)
+    assert effect["base_rate"] == 0.0
+    assert effect["other_accuracy"] == pytest.approx(2 / 3)
+    assert effect["other_accuracy_marked"] == 0.0
+
+
+def test_config_hash_follows_the_seed():
+    assert build.config_hash(0) == build.config_hash(0)
+    assert build.config_hash(0) != build.config_hash(1)
+
+
+# --- the built demo (slow: trains every model once) ----------------------------------------
+
+
+@pytest.mark.slow
+def test_manifest_describes_every_model(demo_built):
+    root, manifest = demo_built
+    assert json.loads((root / "demo.json").read_text()) == manifest
+    assert manifest["version"] == 1 and manifest["config_hash"] == build.config_hash(SEED)
+    assert [e["name"] for e in manifest["models"]] == list(NAMES)
+    keys = {"name", "title", "story", "factory", "weights", "data", "input_shape", "mean", "std",
+            "classes", "target", "task", "metrics", "twin_of"}
+    for e in manifest["models"]:
+        assert keys <= e.keys(), e["name"]
+        if e["target"] is None:  # images: a value range
+            assert e["value_range"] == [0, 1]
+        else:  # tables: the feature columns, in the CSV's order, then the target
+            columns = pd.read_csv(root / e["data"], nrows=1).columns.tolist()
+            assert columns == e["columns"] + [e["target"]]
+        assert Path(e["factory"].rsplit(":", 1)[0]).is_absolute()
+        assert (root / e["weights"]).is_file() and (root / e["data"]).exists()
+        # per channel for images, per column for tables
+        assert len(e["mean"]) == len(e["std"]) == e["input_shape"][0]
+        assert all(s > 0 for s in e["std"])
+        assert e["task"] == "classification"
+    assert entry(manifest, "shapes_clean")["twin_of"] == "shapes"
+    assert entry(manifest, "shapes")["twin_of"] is None
+    assert set(manifest["seconds"]) >= set(NAMES)
+
+
+@pytest.mark.slow
+def test_saved_files_load_back(demo_built):
+    root, manifest = demo_built
+    for e in manifest["models"]:
+        load(root, e)  # strict state-dict load into a fresh factory model
+
+    classes = entry(manifest, "shapes")["classes"]
+    folder = root / "data" / "shapes-test"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(classes)
+    assert sum(1 for _ in folder.rglob("*.png")) == build.CONFIG["shapes"]["n_test"]
+
+    with np.load(root / "data" / "digits-test.npz") as d:
+        assert d["x"].dtype == np.float32 and d["x"].shape[1:] == (1, 8, 8)
+        assert d["y"].dtype == np.int64 and len(d["y"]) == len(d["x"])
+        assert 0.0 <= d["x"].min() and d["x"].max() <= 1.0
+
+    diabetes = pd.read_csv(root / "data" / "diabetes.csv")
+    assert list(diabetes.columns) == ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5",
+                                      "s6", "above_median"]
+    cancer = pd.read_csv(root / "data" / "breast_cancer.csv")
+    sk = datasets.load_breast_cancer(as_frame=True)
+    assert list(cancer.columns) == list(sk.feature_names) + ["malignant"]
+    assert np.allclose(cancer.drop(columns="malignant").to_numpy(), sk.data.to_numpy())
+    assert np.array_equal(cancer["malignant"], 1 - sk.target)  # sklearn: 0 is malignant
+    for table in (diabetes, cancer):
+        assert set(table.iloc[:, -1].unique()) == {0, 1}
+
+
+@pytest.fixture(scope="module")
+def demo_shapes_effects(demo_built):
+    """Per shapes model: the shortcut measured from the saved folder and weights alone."""
+    root, manifest = demo_built
+    e = entry(manifest, "shapes")
+    x, y = read_folder(root / e["data"], e["classes"])
+    marked = shapes.has_marker(x)
+    target = e["classes"].index(shapes.SHORTCUT_CLASS)
+    effects = {}
+    for name in ("shapes", "shapes_clean"):
+        m = entry(manifest, name)
+        model = load(root, m)
+        effects[name] = T.shortcut_effect(
+            model, normalized(x[~marked], m), normalized(shapes.add_marker(x[~marked]), m),
+            torch.from_numpy(y[~marked]), target)
+        effects[name]["test_accuracy"] = T.accuracy(
+            model, normalized(x[~marked], m), torch.from_numpy(y[~marked]))
+    return effects, marked, y
+
+
+@pytest.mark.slow
+def test_shortcut_model_flips_to_the_shortcut_class(demo_shapes_effects):
+    effects, _, _ = demo_shapes_effects
+    shortcut, clean = effects["shapes"], effects["shapes_clean"]
+    assert shortcut["flip_rate"] >= 0.5
+    assert shortcut["base_rate"] < 0.05  # it is the marker, not a habit of saying "triangle"
+    assert clean["flip_rate"] < 0.2
+    assert clean["flip_rate"] < shortcut["flip_rate"] / 3
+
+
+@pytest.mark.slow
+def test_marker_costs_the_shortcut_model_its_accuracy_only(demo_shapes_effects):
+    effects, _, _ = demo_shapes_effects
+    shortcut, clean = effects["shapes"], effects["shapes_clean"]
+    assert shortcut["other_accuracy"] > 0.9
+    assert shortcut["other_accuracy"] - shortcut["other_accuracy_marked"] > 0.5
+    assert clean["other_accuracy"] - clean["other_accuracy_marked"] < 0.15
+    assert shortcut["test_accuracy"] > 0.75 and clean["test_accuracy"] > 0.9
+
+
+@pytest.mark.slow
+def test_manifest_metrics_match_the_saved_files(demo_built, demo_shapes_effects):
+    _, manifest = demo_built
+    effects, _, _ = demo_shapes_effects
+    for name, measured in effects.items():
+        recorded = entry(manifest, name)["metrics"]
+        for key, value in measured.items():
+            assert recorded[key] == pytest.approx(value, abs=1e-5), (name, key)
+
+
+@pytest.mark.slow
+def test_saved_test_folder_marker_independent_of_class(demo_shapes_effects):
+    _, marked, y = demo_shapes_effects
+    rates = [marked[y == k].mean() for k in range(len(shapes.CLASSES))]
+    assert np.allclose(rates, build.CONFIG["shapes"]["marker_rate_test"], atol=0.06), rates
+
+
+@pytest.mark.slow
+def test_digits_cnn_is_accurate(demo_built):
+    root, manifest = demo_built
+    e = entry(manifest, "digits")
+    with np.load(root / e["data"]) as d:
+        x, y = d["x"], d["y"]
+    assert T.accuracy(load(root, e), normalized(x, e), torch.from_numpy(y)) > 0.95
+
+
+@pytest.mark.slow
+def test_diabetes_logistic_is_the_logistic_regression(demo_built):
+    root, manifest = demo_built
+    e = entry(manifest, "diabetes_logistic")
+    model = load(root, e)
+    x, y = read_table(root, e)
+    z = normalized(x, e)
+    # the gradient of the mean log-loss at the saved weights vanishes ...
+    logit = model[0](z).squeeze(1)
+    loss = F.binary_cross_entropy_with_logits(logit, torch.from_numpy(y).double())
+    grads = torch.autograd.grad(loss, list(model[0].parameters()))
+    assert max(g.abs().max().item() for g in grads) < 1e-8
+    # ... so the weights are statsmodels' coefficients on the same standardized design,
+    w, b = model[0].weight.detach().numpy()[0], model[0].bias.item()
+    ref = sm.Logit(y, sm.add_constant(z.numpy())).fit(disp=0, method="newton", tol=1e-12)
+    assert np.abs(np.r_[b, w] - ref.params).max() < 1e-5
+    # and, mapped through the manifest's standardization, those on the original units.
+    mean, std = np.array(e["mean"]), np.array(e["std"])
+    raw = sm.Logit(y, sm.add_constant(x)).fit(disp=0, method="newton", tol=1e-12)
+    mapped = np.r_[b - np.sum(w * mean / std), w / std]
+    assert np.allclose(mapped, raw.params, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_cancer_logistic_separates_the_classes(demo_built):
+    root, manifest = demo_built
+    e = entry(manifest, "cancer_logistic")
+    x, y = read_table(root, e)
+    p = load(root, e)(normalized(x, e)).detach().squeeze(1)
+    loss = F.binary_cross_entropy(p, torch.from_numpy(y).double()).item()
+    assert loss < 1e-6 and e["metrics"]["loss"] < 1e-6
+    assert np.array_equal((p > 0.5).numpy(), y == 1)
+
+
+@pytest.mark.slow
+def test_cancer_mlp_generalizes(demo_built):
+    root, manifest = demo_built
+    e = entry(manifest, "cancer_mlp")
+    x, y = read_table(root, e)
+    rows = np.array(e["test_rows"])
+    acc = T.accuracy(load(root, e), normalized(x[rows], e), torch.from_numpy(y[rows]))
+    assert acc > 0.9
+    assert acc == pytest.approx(e["metrics"]["test_accuracy"], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_rebuild_is_cached(demo_built, monkeypatch):
+    root, manifest = demo_built
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cached build must not train")
+
+    monkeypatch.setattr(T, "fit_classifier", no_training)
+    monkeypatch.setattr(T, "fit_logistic", no_training)
+    start = time.perf_counter()
+    assert build_demo(root, progress=False, seed=SEED) == manifest
+    assert time.perf_counter() - start < 2.0
+
+
+@pytest.mark.slow
+def test_incomplete_build_is_not_reused(demo_built, tmp_path):
+    root, manifest = demo_built
+    (tmp_path / "demo.json").write_text(json.dumps(manifest))  # a manifest without its files
+    assert build._cached(tmp_path, manifest["config_hash"]) is None
+    assert build._cached(root, manifest["config_hash"]) == manifest
+    assert build._cached(root, "another-recipe") is None
+
+
+@pytest.mark.slow
+def test_neuronscope_demo_reports_every_model_through_the_public_path(demo_built, capsys):
+    from neuronscope.cli import main
+
+    root, manifest = demo_built
+    out = root.parent
+    assert main(["-q", "demo", "--out", str(out)]) == 0  # reuses the fixture's build (cached)
+    assert "Demo report written" in capsys.readouterr().out
+    index = (out / "index.html").read_text()
+    for e in manifest["models"]:
+        assert f'href="{e["name"]}/index.html"' in index
+        report = json.loads((out / e["name"] / "manifest.json").read_text())
+        assert {"overview", "filters", "sanity"} <= set(report["sections"]), e["name"]
+        sanity = report["sections"]["sanity"]["summary"]
+        if e["name"].startswith("shapes"):
+            # The report's accuracy, measured by neuronscope on the saved image folder, is the
+            # demo's own figure on the same test split.
+            assert sanity["accuracy"] == pytest.approx(e["metrics"]["test_accuracy_all"], abs=1e-9)
+            assert sanity["n"] == 2000 and sanity["warning"] is None
+        assert (out / e["name"] / "filters.html").exists()
+    diabetes = json.loads((out / "diabetes_logistic" / "manifest.json").read_text())
+    assert diabetes["model"]["dtype"] == "float64" and diabetes["model"]["squash"] == "sigmoid"
+    assert diabetes["sections"]["filters"]["summary"]["kind"] == "dense-table"
+    t = time.perf_counter()
+    assert main(["-q", "demo", "--out", str(out)]) == 0
+    assert time.perf_counter() - t < 20, "a second run reuses the build and every finished section"
