@@ -495,14 +495,20 @@ class Subject:
         (the logits, before any Softmax/Sigmoid module).
         """
         leaves = [i for i in self.layers if i.is_leaf and i.output_shape]
+        modules = [self.model.get_submodule(i.module_name) for i in leaves]
+        weighted = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+        squash = self._squash[1] if self._squash else None
         chosen = []
-        for n, info in enumerate(leaves):
-            m = self.model.get_submodule(info.module_name)
-            nxt = self.model.get_submodule(leaves[n + 1].module_name) if n + 1 < len(leaves) else None
-            if isinstance(m, ACTIVATIONS) and not (self._squash and info.module_name == self._squash[1]):
+        for n, (info, m) in enumerate(zip(leaves, modules)):
+            if isinstance(m, ACTIVATIONS) and info.module_name != squash:
                 chosen.append(info.name)
-            elif isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) and not isinstance(nxt, ACTIVATIONS):
-                chosen.append(info.name)
+            elif isinstance(m, weighted):
+                # Covered when an activation module follows before the next weighted layer
+                # (possibly after a BatchNorm or Dropout); otherwise read it pre-activation.
+                nxt = next((k for k in range(n + 1, len(modules)) if isinstance(modules[k], weighted)), len(modules))
+                if not any(isinstance(modules[k], ACTIVATIONS) and leaves[k].module_name != squash
+                           for k in range(n + 1, nxt)):
+                    chosen.append(info.name)
         final = self.final_layer()
         if final is not None and final not in chosen:
             chosen.append(final)

@@ -258,3 +258,10 @@ def test_device_copy_leaves_user_model_in_place(cnn):
     else:  # pragma: no cover - exercised on GPU machines
         s = Subject(cnn, (3, 8, 8), device="cuda")
         assert next(cnn.parameters()).device.type == "cpu" and s.device.type == "cuda"
+
+
+def test_default_layers_see_through_batchnorm_to_the_activation():
+    m = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.Conv2d(2, 2, 3), nn.BatchNorm2d(2),
+                      nn.Flatten(), nn.Linear(8, 3))
+    # conv 0 is covered by ReLU 2; conv 3 has no activation module before the next layer: pre-activation.
+    assert Subject(m, (1, 6, 6)).default_layers() == ["2", "3", "6"]
