@@ -177,7 +177,7 @@ def _report(args) -> int:
                      columns=args.columns.split(",") if args.columns else None, id_column=args.id_column,
                      classes=_classes(args.classes))
     subject = _subject_from_args(args, columns=data.columns, input_shape=data.input_shape)
-    if subject._classes is None and data.classes is not None:
+    if args.classes is None and data.classes is not None:
         subject.classes = data.classes  # names from the data's class folders or label column
     opts = ReportOptions(layers=args.layers.split(",") if args.layers else None, limit=args.limit,
                          example=args.example, batch_size=args.batch_size, progress=not args.quiet)

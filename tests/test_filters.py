@@ -5,11 +5,11 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from foreign import FOREIGN
 import torch
 from PIL import Image
 from torch import nn
@@ -33,14 +33,9 @@ def gabor(size: int = 7, theta: float = 0.0, wavelength: float = 6.0, sigma: flo
 
 
 def fixture(name: str) -> Path:
-    roots = [Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "foreign"]
-    if os.environ.get("NEURONSCOPE_FIXTURES"):
-        env = Path(os.environ["NEURONSCOPE_FIXTURES"])
-        roots[:0] = [env, env / "foreign"]
-    for root in roots:
-        if (root / name).is_file():
-            return root / name
-    pytest.skip(f"fixture {name} not found (set NEURONSCOPE_FIXTURES)")
+    if FOREIGN is None:
+        pytest.skip("shared/fixtures/foreign not found (set NEURONSCOPE_FIXTURES)")
+    return FOREIGN / name
 
 
 class StandIn:

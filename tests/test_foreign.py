@@ -6,32 +6,18 @@ module): reports on synthetic rows in plausible ranges, since their data sets ar
 """
 
 import json
-import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pytest
 from PIL import Image
 
+from foreign import FOREIGN, MODELS, needs_foreign
 from neuronscope.cli import main
 
-MODELS = Path(__file__).parent / "models" / "foreign_models.py"
-
-
-def _fixtures() -> Path | None:
-    env = os.environ.get("NEURONSCOPE_FIXTURES")
-    for cand in ([Path(env), Path(env) / "foreign"] if env else []) + [
-            Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "foreign"]:
-        if (cand / "cifar_torchvision.pt").exists():
-            return cand
-    return None
-
-
-FIX = _fixtures()
-pytestmark = pytest.mark.skipif(FIX is None, reason="shared/fixtures/foreign not found (set NEURONSCOPE_FIXTURES)")
+FIX = FOREIGN
+pytestmark = needs_foreign
 CIFAR = ["--weights", str(FIX / "cifar_torchvision.pt") if FIX else "", "--input-shape", "3,32,32",
          "--mean", "0.5", "--std", "0.5", "--classes", "plane,car,bird,cat,deer,dog,frog,horse,ship,truck"]
 

@@ -3,7 +3,6 @@
 import os
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -345,25 +344,10 @@ def test_export_is_recognised_by_content_not_extension(net, tmp_path):
 
 # --- real models trained elsewhere (Captum tutorials) ---------------------------------------
 
-MODELS = Path(__file__).resolve().parent / "models" / "foreign_models.py"
+from foreign import FOREIGN, MODELS, needs_foreign  # noqa: E402
 
 
-def _foreign_fixtures() -> Path | None:
-    env = os.environ.get("NEURONSCOPE_FIXTURES")
-    candidates = [Path(env) / "foreign", Path(env)] if env else []
-    # The repository sits next to shared/.
-    shared = Path(__file__).resolve().parents[1].parent / "shared"
-    candidates.append(shared / "fixtures" / "foreign")
-    return next((c for c in candidates if (c / "cifar_torchvision.pt").is_file()), None)
-
-
-FOREIGN = _foreign_fixtures()
-
-
-@pytest.mark.skipif(
-    FOREIGN is None,
-    reason="foreign model fixtures not found: set NEURONSCOPE_FIXTURES to shared/fixtures",
-)
+@needs_foreign
 @pytest.mark.parametrize(
     "factory, weights, input_shape, output_shape",
     [

@@ -82,7 +82,7 @@ def run_demo(out: Path, *, force: bool = False, progress: bool = True) -> Path:
         t = time.perf_counter()
         subject = subject_for(entry, root)
         data = data_for(entry, root)
-        if subject._classes is None and data.classes is not None:
+        if not entry.get("classes") and data.classes is not None:
             subject.classes = data.classes
         opts = ReportOptions(progress=progress, title=entry.get("title"), story=entry.get("story"),
                              extra=facts(entry))
