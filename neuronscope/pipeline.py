@@ -6,6 +6,7 @@ interrupted or repeated run reuses what is already finished and recomputes only 
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import time
 from collections.abc import Sequence
@@ -41,6 +42,21 @@ def _say(msg: str, progress: bool) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
+#: The modules whose code computes each section: editing them invalidates stored results.
+SECTION_CODE = {
+    "overview": ("analyses/overview.py", "subject.py"),
+    "filters": ("analyses/filters.py",),
+    "sanity": ("analyses/sanity.py", "analyses/stream.py", "subject.py"),
+    "layer_stats": ("analyses/activations.py", "analyses/stream.py", "subject.py"),
+    "activations": ("analyses/activations.py", "imaging.py", "subject.py"),
+}
+
+
+def _code_digest(section: str) -> str:
+    root = Path(__file__).parent
+    return hashlib.sha256(b"".join((root / f).read_bytes() for f in SECTION_CODE.get(section, ()))).hexdigest()
+
+
 def analyze(subject, data, out: str | Path, options: ReportOptions | None = None) -> Store:
     """Run the analyses that fit ``subject`` and ``data`` into the store at ``out``."""
     opts = options or ReportOptions()
@@ -54,7 +70,7 @@ def analyze(subject, data, out: str | Path, options: ReportOptions | None = None
                    model=subject.describe(), data=data.summary() if data is not None else None)
 
     def key(section: str, **params) -> str:
-        return content_hash(base_key, section, params)
+        return content_hash(base_key, section, params, _code_digest(section))
 
     k = key("overview")
     if not store.has("overview", k):
@@ -88,7 +104,7 @@ def analyze(subject, data, out: str | Path, options: ReportOptions | None = None
             if stats is not None:
                 stats.add(step)
         if need_sanity:
-            result = sanity.result()
+            result = sanity.result(data)
             store.save("sanity", result, key=k_sanity)
             if result.warning:
                 _say("WARNING: " + result.warning, True)

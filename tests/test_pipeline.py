@@ -142,6 +142,9 @@ def test_report_writes_a_site_and_resumes(image_folder, tmp_path, monkeypatch):
         for src in re.findall(r'(?:src|href)="([^"#:]+)"', html):
             assert (out / src).exists(), f"{page} links to missing {src}"
     assert "dark/broken.png" in (out / "index.html").read_text(), "skipped files are listed"
+    sanity = manifest["sections"]["sanity"]
+    assert sanity["summary"]["thumbnails"] == len(Store(out).table("sanity", "errors")["id"]) > 0
+    assert "error-00.png" in (out / "sanity.html").read_text(), "errors are shown as pictures"
     assert not list(out.rglob("*.tmp")), "atomic writes leave no temporary files"
 
     # A second run with nothing changed recomputes nothing.

@@ -253,16 +253,6 @@ class ActivationMapsResult:
         return "".join(parts)
 
 
-def input_picture(subject, x: torch.Tensor):
-    """A raw input as a picture: an image for image input, a strip of cells for vectors."""
-    lo, hi = subject.value_range
-    a = ((x.detach().double().cpu().numpy() - lo) / (hi - lo)).clip(0, 1)
-    if a.ndim == 3 and a.shape[0] in (1, 3):
-        img = a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0)
-        return imaging.to_image(imaging.upscale_nearest(img, max(1, 96 // a.shape[1])))
-    return imaging.to_image(imaging.cells(a.reshape(-1), signed=False))
-
-
 def activation_maps(subject, x, layers: Sequence[str] | None = None, *, example_id: str = "input",
                     top: int = 8) -> ActivationMapsResult:
     """Grids of channel maps of every chosen layer for one raw input ``x`` (shape ``input_shape``)."""
@@ -288,5 +278,5 @@ def activation_maps(subject, x, layers: Sequence[str] | None = None, *, example_
             scores = a.reshape(-1)
         order = np.argsort(-scores, kind="stable")[:top]
         tops[name] = [(int(c), float(scores[c])) for c in order]
-    return ActivationMapsResult(example_id, input_picture(subject, x[0]), list(pictures), shapes,
+    return ActivationMapsResult(example_id, imaging.input_picture(x[0], subject.value_range), list(pictures), shapes,
                                 pictures, tops, signed, scales)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .. import imaging
 from ..errors import NeuronscopeError
 from .stream import stream
 
@@ -32,6 +33,7 @@ class SanityResult:
     rmse: float | None = None
     warning: str | None = None
     labelled: bool = True
+    thumbnails: list = field(default_factory=list)  # pictures of the errors, in table order
 
     def tables(self) -> dict[str, dict[str, list]]:
         out = {}
@@ -43,10 +45,11 @@ class SanityResult:
         return out
 
     def images(self) -> dict:
-        return {}
+        return {f"error-{i:02d}": img for i, img in enumerate(self.thumbnails)}
 
     def summary(self) -> dict:
-        s = {"task": self.task, "n": self.n, "labelled": self.labelled, "warning": self.warning}
+        s = {"task": self.task, "n": self.n, "labelled": self.labelled, "warning": self.warning,
+             "thumbnails": len(self.thumbnails)}
         if self.task == "classification":
             s.update(accuracy=self.accuracy, chance=self.chance, classes=self.classes,
                      per_class_accuracy=(np.diag(self.confusion) / np.maximum(self.confusion.sum(1), 1)).tolist()
@@ -94,7 +97,16 @@ class SanityReducer:
         if b.y is not None:
             self.y.append(b.y.cpu().numpy())
 
-    def result(self) -> SanityResult:
+    def result(self, data=None) -> SanityResult:
+        """The result; with ``data`` holding images, pictures of the listed errors too."""
+        res = self._result()
+        ids = res.errors.get("id", [])
+        if data is not None and ids and len(self.subject.input_shape) == 3 and self.subject.input_shape[0] in (1, 3):
+            x = data.get(ids).x
+            res.thumbnails = [imaging.input_picture(xi, self.subject.value_range, size=64) for xi in x]
+        return res
+
+    def _result(self) -> SanityResult:
         s = self.subject
         n = len(self.ids)
         if n == 0:
@@ -159,4 +171,4 @@ def sanity(subject, data, *, limit: int | None = None, batch_size: int = 64, pro
         for step in stream(subject, data, limit=limit, batch_size=batch_size, desc="model sanity",
                            progress=progress):
             red.add(step)
-    return red.result()
+    return red.result(data)
