@@ -46,6 +46,7 @@ class Batch:
     ids: list[str]
     x: torch.Tensor
     y: torch.Tensor | None = None
+    stop: int | None = None  # listed position just after this batch (see Dataset.batches)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -96,15 +97,17 @@ class Dataset:
         """The examples at these positions, leaving out (and recording) any that can't be read."""
         raise NotImplementedError
 
-    def batches(self, batch_size: int = 64, *, limit: int | None = None) -> Iterator[Batch]:
+    def batches(self, batch_size: int = 64, *, limit: int | None = None, start: int = 0) -> Iterator[Batch]:
         """Stream the examples in order, ``batch_size`` at a time, at most ``limit`` in all.
 
         Every batch but the last is full: unreadable items are skipped and replaced by the next.
+        ``start`` skips that many listed items (a resumed pass starts where it stopped); each
+        batch's ``stop`` is the listed position just after it.
         """
         if batch_size < 1:
             raise DataError(f"batch_size must be at least 1, got {batch_size}.")
         total = len(self) if limit is None else min(int(limit), len(self))
-        pos, done, pending = 0, 0, []
+        pos, done, pending = start, 0, []
         while pos < len(self) and done < total:
             have = sum(len(b) for b in pending)
             want = min(batch_size - have, total - done - have)
@@ -113,6 +116,7 @@ class Dataset:
             have = sum(len(b) for b in pending)
             if have and (have == batch_size or have == total - done or pos >= len(self)):
                 batch = Batch.cat(pending)
+                batch.stop = min(pos, len(self))
                 pending, done = [], done + len(batch)
                 yield batch
 

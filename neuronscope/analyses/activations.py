@@ -48,17 +48,20 @@ class UnitStats:
         self.values = 0  # activation values per unit seen so far (examples x positions)
 
     def add(self, act: torch.Tensor) -> None:
-        act = act.detach().double()
+        act = act.detach()
         flat = act.reshape(act.shape[0], act.shape[1] if act.ndim > 1 else 1, -1)
-        means = flat.mean(2).cpu().numpy()
-        maxes = flat.amax(2).cpu().numpy()
-        self.n += flat.shape[0]
-        self.values += flat.shape[0] * flat.shape[2]
+        self.add_reduced(flat.mean(2, dtype=torch.float64).cpu().numpy(), flat.amax(2).double().cpu().numpy(),
+                         (flat == 0).sum(2).cpu().numpy(), flat.shape[2])
+
+    def add_reduced(self, means: np.ndarray, maxes: np.ndarray, zeros: np.ndarray, per_example: int) -> None:
+        """Add a batch already reduced to (B, U): spatial means, maxima, zero counts."""
+        self.n += means.shape[0]
+        self.values += means.shape[0] * per_example
         self.sum += means.sum(0)
         self.sumsq += (means**2).sum(0)
         self.max = np.maximum(self.max, maxes.max(0))
         self.active += (maxes > self.threshold).sum(0)
-        self.zeros += (flat == 0).sum((0, 2)).cpu().numpy()
+        self.zeros += zeros.sum(0)
 
     def merge(self, other: UnitStats) -> UnitStats:
         out = UnitStats(len(self.sum), self.threshold)
