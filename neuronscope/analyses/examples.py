@@ -168,16 +168,26 @@ class ExamplesReducer:
             self._start()
 
     # ------------------------------------------------------------------ feeding
+    @property
+    def ready(self) -> bool:
+        """Calibrated: every batch so far is in the reducers (none held back), so the state is whole."""
+        return self.layers is not None
+
     def _start(self) -> None:
         self.layers = {s.name: LayerExamples(s, k=self.k, lo=self.edges[s.name][0], hi=self.edges[s.name][1],
                                              range_bins=self.range_bins, per_bin=self.per_bin,
                                              n_classes=len(self.classes)) for s in self.specs}
 
-    def add(self, ids: Sequence[str], activations: dict[str, torch.Tensor], labels=None, x=None) -> None:
+    def add(self, step) -> None:
+        """One step of :func:`~neuronscope.analyses.stream.run_pass`."""
+        self.add_batch(step.batch.ids, step.activations, step.batch.y, step.batch.x)
+
+    def add_batch(self, ids: Sequence[str], activations: dict[str, torch.Tensor], labels=None, x=None) -> None:
         """One batch: example ids, each layer's activations (B, C, ...), labels, raw inputs."""
         keys = id_keys(ids)
         self.ids.update(zip(keys.tolist(), ids))
-        labels = None if labels is None or not self.classes else np.asarray(torch.as_tensor(labels).cpu(), dtype=np.int64)
+        labels = (None if labels is None or not self.classes or torch.as_tensor(labels).is_floating_point()
+                  else np.asarray(torch.as_tensor(labels).cpu(), dtype=np.int64))
         reduced = {s.name: reduce_activation(activations[s.name]) for s in self.specs}
         if x is not None and self.columns:
             xd = torch.as_tensor(x).double().reshape(len(ids), -1).cpu().numpy()
@@ -511,3 +521,70 @@ class ExamplesResult:
                                 f"{lr.n} examples (dead).")
         return {"k": self.k, "reduce": self.reduce, "classes": self.classes, "layers": layers,
                 "findings": findings, "has_pictures": bool(self.pictures), "vector_input": self.columns is not None}
+
+
+def examples(subject, data, layers: Sequence[str] | None = None, *, k: int = 16, reduce: str = "max",
+             limit: int | None = None, batch_size: int = 64, pictures: bool = True, max_units: int | None = 64,
+             checkpoint=None, progress: bool = True) -> ExamplesResult:
+    """Which real inputs excite each unit of ``layers`` (default: the Subject's default layers).
+
+    One streaming pass; ``reduce`` ranks examples by each unit's spatial ``"max"`` or ``"mean"``.
+    With ``checkpoint`` (a file path) an interrupted pass resumes where it stopped.
+    """
+    from .stream import run_pass
+
+    reducer = examples_reducer(subject, data, layers, k=k, reduce=reduce)
+    key = _pass_key(subject, data, reducer, limit)
+    run_pass(subject, data, [s.name for s in reducer.specs], {"examples": reducer}, limit=limit,
+             batch_size=batch_size, checkpoint=checkpoint, key=key, desc="dataset examples", progress=progress)
+    return finish_examples(reducer, subject, data, pictures=pictures, max_units=max_units)
+
+
+def examples_reducer(subject, data, layers: Sequence[str] | None = None, *, k: int = 16,
+                     reduce: str = "max") -> ExamplesReducer:
+    """A reducer for ``layers`` of ``subject`` over ``data`` (class names when labels exist)."""
+    layers = list(layers) if layers else subject.default_layers()
+    classes = subject.classes if (subject.task == "classification" and getattr(data, "task", None) == "classification") else None
+    columns = subject.columns or (data.columns if len(subject.input_shape) == 1 else None)
+    if columns is None and len(subject.input_shape) == 1:
+        columns = [f"x{i}" for i in range(subject.input_shape[0])]
+    return ExamplesReducer(layer_specs(subject, layers), k=k, classes=classes, reduce=reduce, columns=columns)
+
+
+def _pass_key(subject, data, reducer, limit) -> str:
+    from ..store import content_hash, model_hash
+
+    return content_hash(model_hash(subject.model), subject.describe(), data.source, data.ids(), limit,
+                        [s.name for s in reducer.specs], reducer.k, reducer.reduce)
+
+
+def finish_examples(reducer: ExamplesReducer, subject, data, *, pictures: bool = True,
+                    max_units: int | None = 64) -> ExamplesResult:
+    """The result of a finished pass, with pictures (images) or feature values (vectors)."""
+    from .example_pictures import render
+
+    result = reducer.result()
+    if result.columns is not None:
+        _attach_rows(result, data)
+    elif pictures:
+        result.pictures = render(result, subject, data, max_units=max_units)
+    return result
+
+
+def _attach_rows(result: ExamplesResult, data) -> None:
+    """Vector inputs: the feature values of every top example, and each unit's input profile:
+    how its top-k rows differ from the data average, per column, in standard deviations."""
+    ids = sorted({i for lr in result.layers.values() for i in (id_ for row in lr.top.ids for id_ in row)})
+    if not ids:
+        return
+    x = data.get(ids).x.double().reshape(len(ids), -1).numpy()
+    where = {i: n for n, i in enumerate(ids)}
+    result.rows = {"id": ids, **{c: x[:, j].tolist() for j, c in enumerate(result.columns)}}
+    std = np.where(result.x_std > 0, result.x_std, 1.0)
+    for name, lr in result.layers.items():
+        prof = np.zeros((lr.spec.channels, len(result.columns)))
+        for u in range(lr.spec.channels):
+            rows = [where[i] for i in lr.top.ids[u]]
+            if rows:
+                prof[u] = (x[rows].mean(0) - result.x_mean) / std
+        result.profiles[name] = prof

@@ -97,6 +97,20 @@ class SanityReducer:
         if b.y is not None:
             self.y.append(b.y.cpu().numpy())
 
+    def state_dict(self) -> dict:
+        cat = lambda parts, dtype: np.concatenate(parts) if parts else np.zeros(0, dtype)  # noqa: E731
+        return {"ids": np.array(self.ids, dtype=str), "y": cat(self.y, np.int64), "pred": cat(self.pred, np.int64),
+                "conf": cat(self.conf, np.float64),
+                "out": np.concatenate(self.out) if self.out else np.zeros((0, 1)), "labelled": self.labelled}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ids = [str(i) for i in state["ids"]]
+        self.y = [state["y"]] if len(state["y"]) else []
+        self.pred = [state["pred"]] if len(state["pred"]) else []
+        self.conf = [state["conf"]] if len(state["conf"]) else []
+        self.out = [state["out"]] if len(state["out"]) else []
+        self.labelled = bool(state["labelled"])
+
     def result(self, data=None) -> SanityResult:
         """The result; with ``data`` holding images, pictures of the listed errors too."""
         res = self._result()

@@ -1,12 +1,22 @@
-"""One streaming pass: run the model over a dataset once, feeding every reducer from it."""
+"""One streaming pass: run the model over a dataset once, feeding every reducer from it.
+
+An interrupted pass resumes: :func:`run_pass` checkpoints the reducers' states (plain numpy
+arrays, written atomically) with the position reached, and a rerun with the same key starts
+from there instead of from the first example.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import io
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 
+from ..atomic import atomic_write
 from ..progress import progress_bar
 
 
@@ -19,13 +29,14 @@ class Step:
     logits: torch.Tensor  # outputs before a final squash module (the raw output for regression)
 
 
-def stream(subject, data, layers: Sequence[str] = (), *, limit: int | None = None,
+def stream(subject, data, layers: Sequence[str] = (), *, limit: int | None = None, start: int = 0,
            batch_size: int = 64, desc: str = "forward pass", progress: bool = True) -> Iterator[Step]:
     """Yield one :class:`Step` per batch: a single forward pass gives activations and outputs."""
-    total = min(len(data), limit) if limit is not None else len(data)
+    remaining = max(len(data) - start, 0)
+    total = min(remaining, limit) if limit is not None else remaining
     bar = progress_bar(total=total, desc=desc, unit="ex", enabled=progress)
     try:
-        for batch in data.batches(batch_size, limit=limit):
+        for batch in data.batches(batch_size, limit=limit, start=start):
             with torch.no_grad():
                 if layers:
                     with subject.capture(layers) as cap:
@@ -37,3 +48,47 @@ def stream(subject, data, layers: Sequence[str] = (), *, limit: int | None = Non
             yield Step(batch, acts, logits)
     finally:
         bar.close()
+
+
+def run_pass(subject, data, layers: Sequence[str], reducers: Mapping[str, object], *,
+             limit: int | None = None, batch_size: int = 64, checkpoint: Path | None = None,
+             key: str = "", every_s: float = 30.0, desc: str = "data pass", progress: bool = True) -> int:
+    """Feed every reducer (``add(step)``) from one pass; returns the number of examples seen.
+
+    With ``checkpoint``, reducer states (``state_dict()``/``load_state_dict()``) are saved there
+    at most every ``every_s`` seconds; a later call with the same ``key`` resumes from them.
+    A reducer with a false ``ready`` attribute (still collecting its calibration sample) holds
+    the checkpoint back. The caller removes the checkpoint once the results are safely stored.
+    """
+    start = done = 0
+    if checkpoint is not None and Path(checkpoint).exists():
+        with np.load(checkpoint, allow_pickle=False) as saved:
+            state = {k: saved[k] for k in saved.files}
+        if str(state.get("_key")) == key:
+            for name, red in reducers.items():
+                prefix = f"{name}::"
+                red.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+            start, done = int(state["_stop"]), int(state["_done"])
+    last_save = time.monotonic()
+    stop = start
+    for step in stream(subject, data, layers, limit=None if limit is None else max(limit - done, 0), start=start,
+                       batch_size=batch_size, desc=desc, progress=progress):
+        for red in reducers.values():
+            red.add(step)
+        done += len(step.batch.ids)
+        stop = step.batch.stop if step.batch.stop is not None else stop + len(step.batch.ids)
+        ready = all(getattr(red, "ready", True) for red in reducers.values())
+        if checkpoint is not None and ready and time.monotonic() - last_save >= every_s:
+            save_checkpoint(checkpoint, reducers, key=key, stop=stop, done=done)
+            last_save = time.monotonic()
+    return done
+
+
+def save_checkpoint(path: Path, reducers: Mapping[str, object], *, key: str, stop: int, done: int) -> None:
+    state = {"_key": np.array(key), "_stop": np.array(stop), "_done": np.array(done)}
+    for name, red in reducers.items():
+        for k, v in red.state_dict().items():
+            state[f"{name}::{k}"] = np.asarray(v)
+    buf = io.BytesIO()
+    np.savez(buf, **state)
+    atomic_write(path, buf.getvalue())
