@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
-from .analyses.activations import LayerStatsReducer, activation_maps
+from .analyses.activations import activation_maps
+from .analyses.examples import examples_reducer, finish_examples
 from .analyses.filters import analyze_filters
 from .analyses.overview import overview
 from .analyses.sanity import SanityReducer
-from .analyses.stream import stream
+from .analyses.stream import run_pass
 from .errors import NeuronscopeError, UnsupportedError
 from .store import Store, content_hash, model_hash
 
@@ -30,6 +31,9 @@ class ReportOptions:
     layers: Sequence[str] | None = None  # default: Subject.default_layers()
     limit: int | None = None  # examples for the data pass (None: all)
     example: str | None = None  # id of the input whose activation maps are shown
+    k: int = 16  # dataset examples kept per unit, at the top and at the bottom
+    reduce: str = "max"  # how a conv unit's map becomes one score per example: "max" or "mean"
+    max_units: int | None = 64  # units per layer that get example pictures (None: all)
     batch_size: int = 64
     progress: bool = True
     title: str | None = None
@@ -47,7 +51,8 @@ SECTION_CODE = {
     "overview": ("analyses/overview.py", "subject.py"),
     "filters": ("analyses/filters.py",),
     "sanity": ("analyses/sanity.py", "analyses/stream.py", "subject.py"),
-    "layer_stats": ("analyses/activations.py", "analyses/stream.py", "subject.py"),
+    "examples": ("analyses/examples.py", "analyses/reducers.py", "analyses/sketch.py", "analyses/activations.py",
+                 "analyses/example_pictures.py", "analyses/receptive_field.py", "analyses/stream.py", "subject.py"),
     "activations": ("analyses/activations.py", "imaging.py", "subject.py"),
 }
 
@@ -91,25 +96,30 @@ def analyze(subject, data, out: str | Path, options: ReportOptions | None = None
         subject._require_hooks("the layers " + ", ".join(opts.layers))
     layers = list(opts.layers or subject.default_layers()) if subject.hookable else []
     k_sanity = key("sanity", limit=opts.limit)
-    k_stats = key("layer_stats", layers=layers, limit=opts.limit)
-    need_sanity = not store.has("sanity", k_sanity)
-    need_stats = bool(layers) and not store.has("layer_stats", k_stats)
-    if need_sanity or need_stats:
-        # One forward pass over the data feeds both reducers.
-        sanity = SanityReducer(subject)
-        stats = LayerStatsReducer(subject, layers) if need_stats else None
-        for step in stream(subject, data, layers if need_stats else (), limit=opts.limit,
-                           batch_size=opts.batch_size, desc="data pass", progress=opts.progress):
-            sanity.add(step)
-            if stats is not None:
-                stats.add(step)
-        if need_sanity:
-            result = sanity.result(data)
+    k_examples = key("examples", layers=layers, limit=opts.limit, k=opts.k, reduce=opts.reduce,
+                     max_units=opts.max_units)
+    reducers = {}
+    if not store.has("sanity", k_sanity):
+        reducers["sanity"] = SanityReducer(subject)
+    if layers and not (store.has("examples", k_examples) and store.has("layer_stats", k_examples)):
+        reducers["examples"] = examples_reducer(subject, data, layers, k=opts.k, reduce=opts.reduce)
+    if reducers:
+        # One forward pass over the data feeds every reducer; it resumes if interrupted.
+        checkpoint = store.root / ".pass-checkpoint.npz"
+        run_pass(subject, data, layers if "examples" in reducers else [], reducers, limit=opts.limit,
+                 batch_size=opts.batch_size, checkpoint=checkpoint,
+                 key=content_hash(k_sanity, k_examples, sorted(reducers)), progress=opts.progress)
+        if "sanity" in reducers:
+            result = reducers["sanity"].result(data)
             store.save("sanity", result, key=k_sanity)
             if result.warning:
                 _say("WARNING: " + result.warning, True)
-        if stats is not None:
-            store.save("layer_stats", stats.result(), key=k_stats)
+        if "examples" in reducers:
+            _say("drawing dataset examples...", opts.progress)
+            ex = finish_examples(reducers["examples"], subject, data, max_units=opts.max_units)
+            store.save("examples", ex, key=k_examples)
+            store.save("layer_stats", ex.layer_stats(), key=k_examples)
+        checkpoint.unlink(missing_ok=True)
     if data.skipped:
         _say(f"{len(data.skipped)} unreadable example(s) skipped; the report lists them.", opts.progress)
         store.set_info(data=data.summary())

@@ -92,7 +92,7 @@ def test_sanity_on_a_model_that_works():
         def __len__(self):
             return 200
 
-        def batches(self, n, limit=None):
+        def batches(self, n, limit=None, start=0):
             from neuronscope.data import Batch
 
             for i in range(0, 200, n):
@@ -136,7 +136,7 @@ def test_report_writes_a_site_and_resumes(image_folder, tmp_path, monkeypatch):
     index = report(s, data, out, ReportOptions(progress=False))
     assert index == out / "index.html"
     manifest = json.loads((out / "manifest.json").read_text())
-    assert set(manifest["sections"]) == {"overview", "filters", "sanity", "layer_stats", "activations"}
+    assert set(manifest["sections"]) == {"overview", "filters", "sanity", "layer_stats", "activations", "examples"}
     for page in ["index.html", "filters.html", "sanity.html", "activations.html", "layers.html"]:
         html = (out / page).read_text()
         for src in re.findall(r'(?:src|href)="([^"#:]+)"', html):
@@ -155,7 +155,7 @@ def test_report_writes_a_site_and_resumes(image_folder, tmp_path, monkeypatch):
 
     monkeypatch.setattr(pipeline, "analyze_filters", boom)
     monkeypatch.setattr(pipeline, "activation_maps", boom)
-    monkeypatch.setattr(pipeline, "stream", boom)
+    monkeypatch.setattr(pipeline, "run_pass", boom)
     analyze(s, data, out, ReportOptions(progress=False))
 
     # Changed weights invalidate the sections.

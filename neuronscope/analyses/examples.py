@@ -25,6 +25,8 @@ from .sketch import QuantileSketch
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 #: A ReLU-like unit active (score above zero) on fewer than this share of inputs is "rarely active".
 RARE = 0.01
+#: A unit with a class-selectivity index at or above this "prefers one class".
+SELECTIVE = 0.5
 
 
 @dataclass(frozen=True)
@@ -511,14 +513,20 @@ class ExamplesResult:
                      "n": lr.n}
             if sel is not None:
                 best, si = sel
-                entry["selective"] = int((si >= 0.5).sum())
+                entry["selective"] = int((si >= SELECTIVE).sum())
                 top = np.argsort(-np.nan_to_num(si, nan=-1))[:3]
                 entry["most_selective"] = [{"unit": f"{name}:{u}", "class": self.classes[best[u]],
                                             "selectivity": float(si[u])} for u in top]
             layers.append(entry)
-            if dead.any():
-                findings.append(f"{int(dead.sum())} of {lr.spec.channels} units in {name} never fire on these "
-                                f"{lr.n} examples (dead).")
+            if sel is not None and lr.spec.channels > 1:
+                best, si = sel
+                strong = si >= SELECTIVE
+                if strong.any():
+                    u = int(np.nanargmax(si))
+                    findings.append(
+                        f"In {name}, {int(strong.sum())} of {lr.spec.channels} units prefer one class "
+                        f"(selectivity index >= {SELECTIVE}); the most selective, {name}:{u}, fires mostly for "
+                        f"'{self.classes[best[u]]}' ({si[u]:.2f}).")
         return {"k": self.k, "reduce": self.reduce, "classes": self.classes, "layers": layers,
                 "findings": findings, "has_pictures": bool(self.pictures), "vector_input": self.columns is not None}
 

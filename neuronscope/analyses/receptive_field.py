@@ -416,7 +416,7 @@ def receptive_fields(subject, layer: str, positions: Sequence[tuple[int, int]], 
         One per position, in order: the bounding box of the support of the gradient of the
         position's activation with respect to the input, with activations as identities and
         max-pools as average pools (see the module docstring). Cached per (subject, layer,
-        position).
+        position): after changing the model in place, make a new Subject.
 
     Raises
     ------

@@ -57,11 +57,6 @@ def _splitmix64(state: int) -> tuple[int, int]:
     return state, z ^ (z >> 31)
 
 
-def _frozen(a: np.ndarray) -> np.ndarray:
-    a.flags.writeable = False  # chunks are shared between merged sketches: never edit in place
-    return a
-
-
 class QuantileSketch:
     """Streaming, mergeable quantiles of ``units`` scores per example (see the module docstring).
 
@@ -84,8 +79,10 @@ class QuantileSketch:
         self.dtype = dtype
         self._n = 0
         self._key = int(seed) & _MASK64
-        self._levels: list[list[np.ndarray]] = [[]]  # level h: chunks of shape (units, k)
-        self._counts: list[int] = [0]  # items per unit at each level
+        # Level h holds self._counts[h] items per unit in self._levels[h][:, :count]; level 0 is
+        # a reused buffer with room for one batch more than it holds, the others fit exactly.
+        self._levels: list[np.ndarray] = [np.empty((self.units, 0), self.dtype)]
+        self._counts: list[int] = [0]
         self._min = np.full(self.units, np.inf)
         self._max = np.full(self.units, -np.inf)
 
@@ -118,9 +115,14 @@ class QuantileSketch:
                             "the model produced NaN activations, so quantiles are undefined")
         np.minimum(self._min, lo, out=self._min)
         np.maximum(self._max, hi, out=self._max)
-        self._levels[0].append(_frozen(np.array(x.T, dtype=self.dtype, order="C")))
-        self._counts[0] += x.shape[0]
-        self._n += x.shape[0]
+        batch, held, buf = x.shape[0], self._counts[0], self._levels[0]
+        if held + batch > buf.shape[1]:
+            grown = np.empty((self.units, self.capacity - 1 + batch), self.dtype)
+            grown[:, :held] = buf[:, :held]
+            self._levels[0] = buf = grown
+        buf[:, held:held + batch] = x.T
+        self._counts[0] = held + batch
+        self._n += batch
         self._compact()
 
     def merge(self, other: QuantileSketch) -> QuantileSketch:
@@ -136,45 +138,53 @@ class QuantileSketch:
         out._n = self._n + other._n
         out._min = np.minimum(self._min, other._min)
         out._max = np.maximum(self._max, other._max)
-        depth = max(len(self._levels), len(other._levels))
-        out._levels = [[] for _ in range(depth)]
-        out._counts = [0] * depth
-        for sketch in (self, other):
-            for h, chunks in enumerate(sketch._levels):
-                out._levels[h].extend(chunks)
-                out._counts[h] += sketch._counts[h]
+        a, b = self._items(), other._items()
+        empty = np.empty((self.units, 0), self.dtype)
+        out._levels = [np.concatenate([a[h] if h < len(a) else empty, b[h] if h < len(b) else empty],
+                                      axis=1) for h in range(max(len(a), len(b)))]
+        out._counts = [level.shape[1] for level in out._levels]
         out._compact()
         return out
 
     def _compact(self) -> None:
         """Halve every level that has reached capacity, from the bottom up."""
+        up = None  # items moving up into level h: a strided view of level h - 1, sorted
+        odd0 = None  # level 0's odd item, written back once `up` no longer reads its buffer
         h = 0
         while h < len(self._levels):
-            count = self._counts[h]
+            level = self._levels[h][:, :self._counts[h]]
+            if up is not None:
+                level = np.concatenate([level, up], axis=1)  # a copy: the view is free now
+                self._levels[h], self._counts[h], up = level, level.shape[1], None
+                if odd0 is not None:
+                    self._levels[0][:, :1], odd0 = odd0, None
+            count = level.shape[1]
             if count >= self.capacity:
-                chunks = self._levels[h]
-                if len(chunks) == 1:
-                    buf = np.sort(chunks[0], axis=1)
-                else:
-                    buf = np.concatenate(chunks, axis=1)
-                    buf.sort(axis=1)
+                level.sort(axis=1)  # in place: arrays a sketch holds are never shared
                 self._key, bits = _splitmix64(self._key)
                 paired = count - count % 2
-                up = _frozen(np.ascontiguousarray(buf[:, bits >> 63:paired:2]))
-                self._levels[h] = [_frozen(buf[:, paired:].copy())] if count % 2 else []
+                up = level[:, bits >> 63:paired:2]
+                if h == 0:  # keep reusing the buffer unless one huge batch blew it up
+                    odd0 = level[:, paired:].copy() if count % 2 else None
+                    if self._levels[0].shape[1] > 4 * self.capacity:
+                        self._levels[0] = np.empty((self.units, self.capacity), self.dtype)
+                else:
+                    self._levels[h] = level[:, paired:].copy()
                 self._counts[h] = count % 2
                 if h + 1 == len(self._levels):
-                    self._levels.append([])
+                    self._levels.append(np.empty((self.units, 0), self.dtype))
                     self._counts.append(0)
-                self._levels[h + 1].append(up)
-                self._counts[h + 1] += up.shape[1]
             h += 1
+
+    def _items(self) -> list[np.ndarray]:
+        """The items held at each level, (units, count) views."""
+        return [level[:, :count] for level, count in zip(self._levels, self._counts)]
 
     # -- answering ------------------------------------------------------------------------------
 
     def _sorted(self) -> tuple[np.ndarray, np.ndarray]:
         """Every stored item per unit in increasing order, (units, m), and cumulative weights."""
-        items = np.concatenate([c for chunks in self._levels for c in chunks], axis=1)
+        items = np.concatenate(self._items(), axis=1)
         weights = np.concatenate([np.full(self._counts[h], 1 << h, dtype=np.int64)
                                   for h in range(len(self._levels))])
         order = np.argsort(items, axis=1)
@@ -231,18 +241,16 @@ class QuantileSketch:
     # -- saving ---------------------------------------------------------------------------------
 
     def nbytes(self) -> int:
-        """Bytes held: stored items plus the exact min and max."""
-        items = sum(c.nbytes for chunks in self._levels for c in chunks)
-        return items + self._min.nbytes + self._max.nbytes
+        """Bytes held: level arrays (level 0 with room for a batch) plus the exact min and max."""
+        return sum(level.nbytes for level in self._levels) + self._min.nbytes + self._max.nbytes
 
     def state_dict(self) -> dict:
         """Plain ints and numpy arrays (``np.savez(path, **sketch.state_dict())`` works)."""
         state = {"format": _FORMAT, "units": self.units, "capacity": self.capacity,
                  "n": self._n, "key": np.array(self._key, dtype=np.uint64),
                  "min": self._min.copy(), "max": self._max.copy(), "levels": len(self._levels)}
-        for h, chunks in enumerate(self._levels):
-            state[f"level{h}"] = (np.concatenate(chunks, axis=1) if chunks
-                                  else np.empty((self.units, 0), dtype=self.dtype))
+        for h, items in enumerate(self._items()):
+            state[f"level{h}"] = items.copy()
         return state
 
     @classmethod
@@ -262,6 +270,6 @@ class QuantileSketch:
             raise ValueError("inconsistent QuantileSketch state: arrays do not match its units")
         if sum(a.shape[1] << h for h, a in enumerate(levels)) != sketch._n:
             raise ValueError("inconsistent QuantileSketch state: weights do not add up to n")
-        sketch._levels = [[_frozen(a.copy())] if a.shape[1] else [] for a in levels]
+        sketch._levels = [a.copy() for a in levels]
         sketch._counts = [a.shape[1] for a in levels]
         return sketch

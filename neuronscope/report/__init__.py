@@ -13,6 +13,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from ..atomic import atomic_write
 from ..store import Store
+from . import svg, unit_pages
 
 #: Pages in navigation order: (section in the store, file, title). "overview" is index.html.
 PAGES = [
@@ -20,6 +21,7 @@ PAGES = [
     ("sanity", "sanity.html", "Model sanity"),
     ("filters", "filters.html", "First-layer filters"),
     ("activations", "activations.html", "Activation maps"),
+    ("examples", "examples.html", "Dataset examples"),
     ("layer_stats", "layers.html", "Layer statistics"),
 ]
 
@@ -30,6 +32,8 @@ def _env() -> Environment:
     env.filters["pct"] = lambda v, d=0: "–" if v is None else f"{v:.{d}%}"
     env.filters["num"] = lambda v, d=3: "–" if v is None else (f"{v:,}" if isinstance(v, int) else f"{v:.{d}g}")
     env.filters["shape"] = lambda s: "×".join(map(str, s)) if s else "?"
+    env.filters["slug"] = lambda s: str(s).replace("#", "~")
+    env.globals.update(svg_histogram=svg.histogram, svg_bars=svg.bars)
     return env
 
 
@@ -62,18 +66,23 @@ def render_site(root: str | os.PathLike) -> Path:
     static = Path(__file__).parent / "static"
     for f in static.iterdir():
         atomic_write(store.root / "assets" / f.name, f.read_bytes())
-    common = {"m": store.manifest, "nav": nav, "rows": _rows,
+    images = {sec: e.get("images", {}) for sec, e in sections.items()}
+    common = {"m": store.manifest, "nav": nav, "rows": _rows, "root": "",
               "rowsum": lambda row, keys: sum(row[k] for k in keys),
-              "img": lambda section, name: store.manifest["sections"][section]["images"][name],
+              "img": lambda section, name: images[section][name],
+              "has_img": lambda section, name: name in images.get(section, {}),
               "table": lambda section, name: _rows(store.table(section, name))
               if name in sections.get(section, {}).get("tables", {}) else []}
+    extra = unit_pages.context(store) if "examples" in sections else {}
     for section, file, title in PAGES:
         if section not in sections:
             continue
         page = env.get_template(f"{section}.html").render(
-            **common, page=file, title=title, s=sections[section]["summary"], entry=sections[section],
+            **common, **extra, page=file, title=title, s=sections[section]["summary"], entry=sections[section],
             findings=findings(store) if section == "overview" else [])
         atomic_write(store.root / file, page.encode())
+    if extra:
+        unit_pages.render(store, env, {**common, **extra, "root": "../../", "page": "examples.html"})
     return store.root / "index.html"
 
 

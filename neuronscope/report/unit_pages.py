@@ -1,0 +1,76 @@
+"""The dataset-examples pages: a grid of units per layer, and one page per unit.
+
+Reads only the store's "examples" section (units, examples and histogram tables, pictures).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from ..atomic import atomic_write
+from ..store import Store
+
+KINDS = ("top", "bottom")
+
+
+def _group(table: dict[str, list], by: str) -> dict[str, list[dict]]:
+    keys = list(table)
+    out: dict[str, list[dict]] = defaultdict(list)
+    for vals in zip(*table.values()):
+        row = dict(zip(keys, vals))
+        out[row[by]].append(row)
+    return out
+
+
+def slug(layer: str) -> str:
+    return layer.replace("#", "~")
+
+
+def unit_link(unit: str) -> str:
+    layer, u = unit.rsplit(":", 1)
+    return f"units/{slug(layer)}/{u}.html"
+
+
+def context(store: Store) -> dict:
+    """Everything the examples templates need, grouped once."""
+    entry = store.sections()["examples"]
+    summary = entry["summary"]
+    images = entry.get("images", {})
+    units = store.table("examples", "units")
+    examples = _group(store.table("examples", "examples"), "unit")
+    hists = _group(store.table("examples", "histograms"), "unit")
+    profiles = _group(store.table("examples", "profiles"), "unit") if "profiles" in entry["tables"] else {}
+    rows = store.table("examples", "rows") if "rows" in entry["tables"] else None
+    by_layer: dict[str, list[dict]] = defaultdict(list)
+    keys = list(units)
+    for vals in zip(*units.values()):
+        u = dict(zip(keys, vals))
+        name = u["unit"]
+        base = f"{slug(u['layer'])}/{u['index']}"
+        u["link"] = unit_link(name)
+        u["pictures"] = {kind: images[f"{base}-{kind}"] for kind in ("top", "bottom", "range", "patches", "filter")
+                         if f"{base}-{kind}" in images}
+        u["examples"] = {kind: [e for e in examples.get(name, []) if e["kind"] == kind] for kind in KINDS}
+        u["ranges"] = _group({k: [e[k] for e in examples.get(name, []) if e["kind"].startswith("range")]
+                              for k in ("kind", "id", "score")}, "kind") if examples.get(name) else {}
+        u["hist"] = hists.get(name, [])
+        u["profile"] = profiles.get(name, [])
+        by_layer[u["layer"]].append(u)
+    layers = []
+    for info in summary["layers"]:
+        layers.append({**info, "units_list": by_layer[info["layer"]]})
+    row_index = {}
+    if rows is not None:
+        cols = [c for c in rows if c != "id"]
+        row_index = {"columns": cols, "by_id": {i: [rows[c][n] for c in cols] for n, i in enumerate(rows["id"])}}
+    return {"ex_layers": layers, "ex": summary, "ex_rows": row_index}
+
+
+def render(store: Store, env, ctx: dict) -> None:
+    template = env.get_template("unit.html")
+    for layer in ctx["ex_layers"]:
+        units = layer["units_list"]
+        for n, u in enumerate(units):
+            page = template.render(**ctx, title=u["unit"], u=u, layer=layer,
+                                   prev=units[n - 1] if n else None, next=units[n + 1] if n + 1 < len(units) else None)
+            atomic_write(store.root / u["link"], page.encode())
