@@ -415,3 +415,47 @@ def test_neuronscope_demo_reports_every_model_through_the_public_path(demo_built
     t = time.perf_counter()
     assert main(["-q", "demo", "--out", str(out)]) == 0
     assert time.perf_counter() - t < 20, "a second run reuses the build and every finished section"
+
+
+@pytest.mark.slow
+def test_dataset_examples_reveal_the_shortcut_unit_and_the_twin_has_none(demo_built):
+    """The report's dataset examples expose the marker: units of the last conv layer whose top
+    examples all carry it (peaking at its corner), in the shortcut model and not in its twin.
+    Only this test knows where the marker is; the analysis never reads it."""
+    import collections
+
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from neuronscope.cli import main
+
+    root, manifest = demo_built
+    out = root.parent
+    assert main(["-q", "demo", "--out", str(out)]) == 0
+    folder = root / entry(manifest, "shapes")["data"]
+    cache = {}
+
+    def marked(i):
+        if i not in cache:
+            x = np.asarray(Image.open(folder / i), dtype=np.float64).transpose(2, 0, 1)[None] / 255.0
+            cache[i] = bool(shapes.has_marker(x)[0])
+        return cache[i]
+
+    def marker_units(name):
+        t = pq.read_table(out / name / "tables" / "examples" / "examples.parquet").to_pydict()
+        tops = collections.defaultdict(list)
+        for unit, kind, id_ in zip(t["unit"], t["kind"], t["id"]):
+            if kind == "top" and unit.startswith("relu3:"):
+                tops[unit].append(id_)
+        return {u: float(np.mean([marked(i) for i in ids])) for u, ids in tops.items()}
+
+    shortcut, clean = marker_units("shapes"), marker_units("shapes_clean")
+    best = max(shortcut, key=shortcut.get)
+    print(f"shortcut model: {best} has {shortcut[best]:.0%} marker-bearing top examples; "
+          f"{sum(v >= 0.9 for v in shortcut.values())} relu3 units >= 90%; clean twin best "
+          f"{max(clean.values()):.0%}")
+    assert shortcut[best] >= 0.9
+    assert max(clean.values()) < 0.9, "the clean twin has no marker unit"
+    # The unit's page shows those examples.
+    page = (out / "shapes" / "units" / "relu3" / f"{best.split(':')[1]}.html").read_text()
+    assert "top examples" in page and "receptive field" in page
