@@ -398,6 +398,24 @@ class LayerResult:
             si = np.where(mu_max + mu_rest > 0, (mu_max - mu_rest) / (mu_max + mu_rest), 0.0)
         return best, si
 
+    def peak_consistency(self) -> tuple[list[tuple[int, ...] | None], np.ndarray]:
+        """Per unit: the most common peak position among its top examples, and its share.
+
+        A conv unit whose top examples all peak at one place responds to something that sits at a
+        fixed position (a watermark, a border, a planted marker), not to an object anywhere.
+        """
+        where, share = [], np.zeros(self.spec.channels)
+        for u in range(self.spec.channels):
+            n = len(self.top.ids[u])
+            pos = self.top.pos[u][:n]
+            if not self.spec.spatial or n == 0:
+                where.append(None)
+                continue
+            values, counts = np.unique(pos, return_counts=True)
+            where.append(self.position(values[counts.argmax()]))
+            share[u] = counts.max() / n
+        return where, share
+
     def top_label_mix(self) -> np.ndarray | None:
         """(U, C) share of each class among a unit's top-k examples."""
         if self.class_means is None:
@@ -439,7 +457,7 @@ class ExamplesResult:
 
     def tables(self) -> dict[str, dict[str, list]]:
         units: dict[str, list] = {k: [] for k in (
-            "layer", "unit", "index", "mean", "std", "min", "max", "active_fraction", "dead", "rare",
+            "layer", "unit", "index", "mean", "std", "min", "max", "active_fraction", "dead", "rare", "peak_at", "peak_share",
             *[f"q{int(q * 100):02d}" for q in QUANTILES], "preferred_class", "selectivity", "top_class_share")}
         ex: dict[str, list] = {k: [] for k in ("layer", "unit", "kind", "rank", "id", "score", "y", "x", "label")}
         hist: dict[str, list] = {k: [] for k in ("layer", "unit", "bin", "lo", "hi", "count")}
@@ -447,6 +465,7 @@ class ExamplesResult:
             sel = lr.selectivity()
             mix = lr.top_label_mix()
             dead, rare = lr.dead(), lr.rare()
+            peak_at, peak_share = lr.peak_consistency()
             for u in range(lr.spec.channels):
                 units["layer"].append(name)
                 units["unit"].append(f"{name}:{u}")
@@ -456,6 +475,8 @@ class ExamplesResult:
                     units[col].append(float(arr[u]))
                 units["dead"].append(bool(dead[u]))
                 units["rare"].append(bool(rare[u]))
+                units["peak_at"].append(",".join(map(str, peak_at[u])) if peak_at[u] else None)
+                units["peak_share"].append(float(peak_share[u]) if peak_at[u] else None)
                 for qi, q in enumerate(QUANTILES):
                     units[f"q{int(q * 100):02d}"].append(float(lr.quantiles[u, qi]))
                 units["preferred_class"].append(self.classes[sel[0][u]] if sel is not None else None)
