@@ -132,6 +132,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--example", metavar="ID", help="id of the input whose activation maps are shown (default: the first)")
     p.add_argument("--batch-size", type=int, default=64, metavar="N", help="examples per forward pass (default: 64)")
 
+    p = sub.add_parser("examples", help="find the real inputs that excite each unit most", formatter_class=fmt,
+                       description="One streaming pass over the data: for every unit of the chosen layers, its "
+                                   "top and bottom examples (with the receptive field of the peak), examples across "
+                                   "its range, a histogram of its responses and, with labels, the classes it prefers. "
+                                   "Resumes if interrupted; writes the examples pages into DIR.")
+    _add_model_args(p)
+    _add_data_args(p, required=True)
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the results store and the site")
+    p.add_argument("--layers", metavar="L1,L2,..", help="layers to analyse (default: activation outputs and the final layer)")
+    p.add_argument("-k", type=int, default=16, metavar="K", help="top and bottom examples kept per unit (default: 16)")
+    p.add_argument("--reduce", choices=["max", "mean"], default="max",
+                   help="score a conv unit on an example by its map's max or mean (default: max)")
+    p.add_argument("--pictures", type=int, default=64, metavar="N", help="units per layer that get pictures (default: 64)")
+    p.add_argument("--batch-size", type=int, default=64, metavar="N", help="examples per forward pass (default: 64)")
+
     p = sub.add_parser("demo", help="train the built-in demo models and write their report", formatter_class=fmt,
                        description="Generate the demo data sets (shortcut shapes, digits, tabular), train "
                                    "small models on them (cached after the first run) and report on each.")
@@ -180,9 +195,16 @@ def _report(args) -> int:
     if args.classes is None and data.classes is not None:
         subject.classes = data.classes  # names from the data's class folders or label column
     opts = ReportOptions(layers=args.layers.split(",") if args.layers else None, limit=args.limit,
-                         example=args.example, batch_size=args.batch_size, progress=not args.quiet)
+                         batch_size=args.batch_size, progress=not args.quiet)
+    if args.command == "examples":
+        opts.k, opts.reduce, opts.max_units = args.k, args.reduce, args.pictures
+        opts.sections = ("overview", "examples")
+    else:
+        opts.example = args.example
     index = report(subject, data, args.out, opts)
-    print(f"Report written: {index}\nOpen it in a browser, or run: neuronscope serve {args.out}")
+    page = index if args.command == "report" else index.with_name("examples.html")
+    print(f"{'Report' if args.command == 'report' else 'Dataset examples'} written: {page}\n"
+          f"Open it in a browser, or run: neuronscope serve {args.out}")
     return 0
 
 
@@ -198,7 +220,7 @@ def _run(args) -> int:
         index = report(_subject_from_args(args), None, args.out, ReportOptions(progress=not args.quiet))
         print(f"Filters written: {index}")
         return 0
-    if args.command == "report":
+    if args.command in ("report", "examples"):
         return _report(args)
     if args.command == "demo":
         from .demo.run import run_demo

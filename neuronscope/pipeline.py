@@ -39,6 +39,10 @@ class ReportOptions:
     title: str | None = None
     story: str | None = None  # a paragraph shown at the top of the overview (the demo uses it)
     extra: dict = field(default_factory=dict)  # facts shown on the overview (the demo's metrics)
+    sections: Sequence[str] | None = None  # run only these (None: every section that fits)
+
+    def wants(self, section: str) -> bool:
+        return self.sections is None or section in self.sections
 
 
 def _say(msg: str, progress: bool) -> None:
@@ -82,7 +86,7 @@ def analyze(subject, data, out: str | Path, options: ReportOptions | None = None
         store.save("overview", overview(subject), key=k)
 
     k = key("filters")
-    if not store.has("filters", k):
+    if opts.wants("filters") and not store.has("filters", k):
         try:
             store.save("filters", analyze_filters(subject), key=k)
         except UnsupportedError as e:
@@ -99,9 +103,9 @@ def analyze(subject, data, out: str | Path, options: ReportOptions | None = None
     k_examples = key("examples", layers=layers, limit=opts.limit, k=opts.k, reduce=opts.reduce,
                      max_units=opts.max_units)
     reducers = {}
-    if not store.has("sanity", k_sanity):
+    if opts.wants("sanity") and not store.has("sanity", k_sanity):
         reducers["sanity"] = SanityReducer(subject)
-    if layers and not (store.has("examples", k_examples) and store.has("layer_stats", k_examples)):
+    if layers and opts.wants("examples") and not (store.has("examples", k_examples) and store.has("layer_stats", k_examples)):
         reducers["examples"] = examples_reducer(subject, data, layers, k=opts.k, reduce=opts.reduce)
     if reducers:
         # One forward pass over the data feeds every reducer; it resumes if interrupted.
@@ -124,7 +128,7 @@ def analyze(subject, data, out: str | Path, options: ReportOptions | None = None
         _say(f"{len(data.skipped)} unreadable example(s) skipped; the report lists them.", opts.progress)
         store.set_info(data=data.summary())
 
-    if layers:
+    if layers and opts.wants("activations"):
         example = opts.example or next(iter(data.ids()), None)
         k = key("activations", layers=layers, example=example)
         if example is not None and not store.has("activations", k):

@@ -105,3 +105,17 @@ def test_console_script_entry_point(model):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "Linear" in r.stdout
+
+
+def test_examples_command(model, images, tmp_path, capsys):
+    out = tmp_path / "ex"
+    assert main(["-q", "examples", *model, "--data", images, "--out", str(out), "-k", "3", "--reduce", "mean"]) == 0
+    assert "Dataset examples written" in capsys.readouterr().out
+    import json
+
+    sections = json.loads((out / "manifest.json").read_text())["sections"]
+    assert set(sections) == {"overview", "examples", "layer_stats"}
+    assert sections["examples"]["summary"]["k"] == 3 and sections["examples"]["summary"]["reduce"] == "mean"
+    assert (out / "units" / "1" / "0.html").exists() and (out / "examples.html").exists()
+    assert main(["-q", "examples", *model, "--data", images, "--out", str(out), "-k", "0"]) == 2
+    assert "k must be at least 1" in capsys.readouterr().err
