@@ -409,6 +409,10 @@ def test_neuronscope_demo_reports_every_model_through_the_public_path(demo_built
             assert sanity["accuracy"] == pytest.approx(e["metrics"]["test_accuracy_all"], abs=1e-9)
             assert sanity["n"] == 2000 and sanity["warning"] is None
         assert (out / e["name"] / "filters.html").exists()
+    digits = json.loads((out / "digits" / "manifest.json").read_text())["sections"]["examples"]["summary"]
+    hidden = [l for l in digits["layers"][:-1] if l.get("selective")]
+    assert hidden, "hidden units of the digits CNN prefer classes, and the report says which"
+    assert "prefer one class" in (out / "digits" / "examples.html").read_text()
     diabetes = json.loads((out / "diabetes_logistic" / "manifest.json").read_text())
     assert diabetes["model"]["dtype"] == "float64" and diabetes["model"]["squash"] == "sigmoid"
     assert diabetes["sections"]["filters"]["summary"]["kind"] == "dense-table"
