@@ -514,6 +514,20 @@ class Subject:
             chosen.append(final)
         return chosen
 
+    def is_relu_like(self, layer: str) -> bool:
+        """Whether a layer's outputs are zero on a half-line, so a unit that never exceeds zero is
+        dead: a ReLU-like module, or a max-pool right after one. A Conv/Linear read pre-activation
+        and the logits are not."""
+        info = self.layer(layer)
+        m = self.model.get_submodule(info.module_name)
+        if isinstance(m, RELU_LIKE):
+            return True
+        if isinstance(m, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)):
+            leaves = [i for i in self.layers if i.is_leaf]
+            idx = next(n for n, i in enumerate(leaves) if i.name == info.name)
+            return idx > 0 and isinstance(self.model.get_submodule(leaves[idx - 1].module_name), RELU_LIKE)
+        return False
+
     def final_layer(self) -> str | None:
         """The layer whose output is the model's output (the logits, before a squash module)."""
         leaves = [i for i in self.layers if i.is_leaf and i.output_shape]

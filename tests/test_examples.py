@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from neuronscope import Subject
-from neuronscope.analyses.examples import ExamplesReducer, LayerSpec, examples, examples_reducer
+from neuronscope.analyses.examples import ExamplesReducer, LayerSpec, examples
 from neuronscope.analyses.reducers import KeepBest, calibrate_edges, id_keys
 from neuronscope.data import open_data
 

@@ -171,28 +171,11 @@ class LayerStatsReducer:
     """Feeds one :class:`UnitStats` per layer from a :func:`stream` pass."""
 
     def __init__(self, subject, layers: Sequence[str]):
-        from ..subject import RELU_LIKE
-
         self.layers = [subject.layer(l).name for l in layers]
         self.types = {l: subject.layer(l).type for l in self.layers}
-        self.relu_like = {}
-        for l in self.layers:
-            m = subject.module(l)
-            self.relu_like[l] = isinstance(m, RELU_LIKE) or (
-                # a conv/linear read pre-activation is not ReLU-like; pooling after a ReLU is
-                type(m).__name__ in ("MaxPool1d", "MaxPool2d", "AdaptiveMaxPool2d")
-                and self._after_relu(subject, l)
-            )
+        self.relu_like = {l: subject.is_relu_like(l) for l in self.layers}
         self.stats = {l: None for l in self.layers}
         self.n = 0
-
-    @staticmethod
-    def _after_relu(subject, layer: str) -> bool:
-        from ..subject import RELU_LIKE
-
-        leaves = [i for i in subject.layers if i.is_leaf]
-        idx = next(n for n, i in enumerate(leaves) if i.name == layer)
-        return idx > 0 and isinstance(subject.module(leaves[idx - 1].name), RELU_LIKE)
 
     def add(self, step) -> None:
         self.n += len(step.batch.ids)

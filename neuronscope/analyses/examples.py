@@ -41,15 +41,13 @@ class LayerSpec:
 
 
 def layer_specs(subject, layers: Sequence[str]) -> list[LayerSpec]:
-    from .activations import LayerStatsReducer
-
-    relu = LayerStatsReducer(subject, layers).relu_like
     out = []
     for l in layers:
         info = subject.layer(l)
         if not info.output_shape:
             raise NeuronscopeError(f"Layer {info.name!r} has no tensor output to rank examples by.")
-        out.append(LayerSpec(info.name, info.output_shape[0], tuple(info.output_shape[1:]), relu[info.name], info.type))
+        out.append(LayerSpec(info.name, info.output_shape[0], tuple(info.output_shape[1:]),
+                             subject.is_relu_like(info.name), info.type))
     return out
 
 
