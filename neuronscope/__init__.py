@@ -13,6 +13,7 @@ What did the network learn, which features does it care about, and why::
 __version__ = "0.1.0"
 
 from .analyses.activations import activation_maps, layer_stats  # noqa: E402
+from .analyses.examples import examples  # noqa: E402
 from .analyses.filters import analyze_filters as filters  # noqa: E402
 from .analyses.overview import overview  # noqa: E402
 from .analyses.sanity import sanity  # noqa: E402
@@ -25,7 +26,7 @@ from .subject import Subject  # noqa: E402
 from .units import Unit, parse_unit  # noqa: E402
 
 __all__ = [
-    "NeuronscopeError", "ReportOptions", "Store", "Subject", "Unit", "activation_maps", "analyze",
+    "NeuronscopeError", "ReportOptions", "Store", "Subject", "Unit", "activation_maps", "analyze", "examples",
     "filters", "layer_stats", "load_model", "open_data", "overview", "parse_unit", "report", "sanity",
     "__version__",
 ]
