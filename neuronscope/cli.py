@@ -229,7 +229,7 @@ def _run(args) -> int:
         print(f"\nDemo report written: {index.resolve()}\nOpen it in a browser, or run: neuronscope serve {args.out}")
         return 0
     if args.command == "serve":
-        from .report.serve import serve
+        from .website.serve import serve
 
         serve(Path(args.dir), port=args.port)
         return 0

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import __version__
 from .analyses.activations import activation_maps
-from .analyses.examples import examples_reducer, finish_examples
+from .analyses.examples import examples_reducer, finish_examples, reduce_activation
 from .analyses.filters import analyze_filters
 from .analyses.overview import overview
 from .analyses.sanity import SanityReducer
@@ -110,7 +110,7 @@ def analyze(subject, data, out: str | Path, options: ReportOptions | None = None
     if reducers:
         # One forward pass over the data feeds every reducer; it resumes if interrupted.
         checkpoint = store.root / ".pass-checkpoint.npz"
-        run_pass(subject, data, layers if "examples" in reducers else [], reducers, limit=opts.limit,
+        run_pass(subject, data, layers if "examples" in reducers else [], reducers, reduce=reduce_activation, limit=opts.limit,
                  batch_size=opts.batch_size, checkpoint=checkpoint,
                  key=content_hash(k_sanity, k_examples, sorted(reducers)), progress=opts.progress)
         if "sanity" in reducers:
@@ -146,7 +146,7 @@ def analyze(subject, data, out: str | Path, options: ReportOptions | None = None
 
 def report(subject, data, out: str | Path, options: ReportOptions | None = None) -> Path:
     """Analyse, then write the static site into ``out``; returns the path of its index page."""
-    from .report import render_site
+    from .website import render_site
 
     store = analyze(subject, data, out, options)
     return render_site(store.root)

@@ -84,21 +84,28 @@ def first_tensor(value) -> tuple[torch.Tensor | None, str]:
 
 
 class Capture:
-    """Activations recorded by hooks while the context is open; ``capture[address]``."""
+    """Activations recorded by hooks while the context is open; ``capture[address]``.
 
-    def __init__(self, addresses: Sequence[str]):
+    With ``reduce``, each hook stores ``reduce(output)`` (a tensor or a tuple of tensors with the
+    batch first) instead of a copy of the whole output: a streaming pass that only needs, say,
+    each channel's maximum then never copies a feature map.
+    """
+
+    def __init__(self, addresses: Sequence[str], reduce=None):
         self.addresses = list(addresses)
-        self._chunks: dict[str, list[torch.Tensor]] = {a: [] for a in self.addresses}
+        self.reduce = reduce
+        self._chunks: dict[str, list] = {a: [] for a in self.addresses}
 
     def _record(self, address: str, tensor: torch.Tensor) -> None:
-        # A copy: an in-place op later in the forward pass would overwrite the captured values.
-        self._chunks[address].append(tensor.clone())
+        # Reduce or copy now: an in-place op later in the forward pass would overwrite the values.
+        self._chunks[address].append(self.reduce(tensor.detach()) if self.reduce else tensor.clone())
 
     def _keep_rows(self, n: int, appended_before: dict[str, int]) -> None:
         """Trim padding rows from what the last (padded) forward appended."""
         for a, chunks in self._chunks.items():
             for i in range(appended_before[a], len(chunks)):
-                chunks[i] = chunks[i][:n]
+                c = chunks[i]
+                chunks[i] = tuple(t[:n] for t in c) if isinstance(c, tuple) else c[:n]
 
     def __getitem__(self, address: str) -> torch.Tensor:
         chunks = self._chunks.get(str(address))
@@ -106,7 +113,11 @@ class Capture:
             raise KeyError(f"{address!r} was not captured; captured: {self.addresses}")
         if not chunks:
             raise NeuronscopeError(f"Layer {address!r} was not called during the forward pass.")
-        return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+        if len(chunks) == 1:
+            return chunks[0]
+        if isinstance(chunks[0], tuple):
+            return tuple(torch.cat(parts) for parts in zip(*chunks))
+        return torch.cat(chunks)
 
     def items(self) -> Iterator[tuple[str, torch.Tensor]]:
         for a in self.addresses:
@@ -581,16 +592,18 @@ class Subject:
             )
 
     @contextlib.contextmanager
-    def capture(self, layers: Sequence[str]) -> Iterator[Capture]:
+    def capture(self, layers: Sequence[str], reduce=None) -> Iterator[Capture]:
         """Record the outputs of ``layers`` during forward passes run inside the context.
 
         >>> with subject.capture(["conv1", "relu1"]) as acts:
         ...     subject.forward(x)
         >>> acts["relu1"].shape
+
+        ``reduce`` (see :class:`Capture`) stores a reduction of each output instead of a copy.
         """
         self._require_hooks("layer activations")
         infos = [self.layer(str(parse_unit(a).layer)) for a in layers]
-        cap = Capture([i.name for i in infos])
+        cap = Capture([i.name for i in infos], reduce)
         wanted: dict[str, dict[int | None, str]] = {}
         for i in infos:
             wanted.setdefault(i.module_name, {})[i.call] = i.name

@@ -64,7 +64,7 @@ def test_torchscript_gets_output_level_analyses_and_refuses_layers(tmp_path, arr
 
 
 def test_serve_binds_loopback_and_serves_the_report(tmp_path):
-    from neuronscope.report.serve import make_server
+    from neuronscope.website.serve import make_server
 
     (tmp_path / "index.html").write_text("<h1>hello</h1>")
     httpd = make_server(tmp_path, port=0)

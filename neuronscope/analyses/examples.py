@@ -51,14 +51,21 @@ def layer_specs(subject, layers: Sequence[str]) -> list[LayerSpec]:
     return out
 
 
-def reduce_activation(act: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    """(B, C, *spatial) -> per example and unit: spatial max, its flat position, mean, zero count."""
-    flat = act.detach().reshape(act.shape[0], act.shape[1] if act.ndim > 1 else 1, -1)
+def reduce_activation(act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, C, *spatial) -> four (B, C) tensors: spatial max, its flat position, mean, zero count.
+
+    Run inside the capture hook (``Subject.capture(reduce=...)``), so feature maps are never
+    copied. The per-example mean is float32 (it is summed across examples in float64).
+    """
+    flat = act.reshape(act.shape[0], act.shape[1] if act.ndim > 1 else 1, -1)
     maxes, where = flat.max(2)
-    means = flat.mean(2, dtype=torch.float64)
-    zeros = (flat == 0).sum(2)
-    return (maxes.double().cpu().numpy(), where.cpu().numpy(), means.cpu().numpy(), zeros.cpu().numpy(),
-            flat.shape[2])
+    return maxes, where, flat.mean(2), flat.shape[2] - torch.count_nonzero(flat, dim=2)
+
+
+def _to_numpy(reduced, per_example: int):
+    maxes, where, means, zeros = reduced
+    return (maxes.double().cpu().numpy(), where.cpu().numpy(), means.double().cpu().numpy(),
+            zeros.cpu().numpy(), per_example)
 
 
 class LayerExamples:
@@ -84,16 +91,14 @@ class LayerExamples:
             maxes: np.ndarray, keys: np.ndarray, labels: np.ndarray | None) -> None:
         b, u = scores.shape
         lab = labels if labels is not None else np.full(b, -1, dtype=np.int64)
-        rows = np.tile(np.arange(u), b)
-        key = np.repeat(keys, u)
-        flat_s, flat_pos, flat_lab = scores.ravel(), pos.ravel(), np.repeat(lab, u)
-        self.top.update(rows, -flat_s, key, pos=flat_pos, label=flat_lab)
-        self.bottom.update(rows, flat_s, key, pos=flat_pos, label=flat_lab)
+        lab2 = np.broadcast_to(lab[:, None], (b, u))
+        self.top.update_dense(-scores, keys, pos=pos, label=lab2)
+        self.bottom.update_dense(scores, keys, pos=pos, label=lab2)
         bins = self.hist.bin_of(scores)
         self.hist.add(bins)
         rbin = np.clip((bins - 1) * self.range_bins // self.hist.bins, 0, self.range_bins - 1)
-        self.ranged.update((rows.reshape(b, u) * self.range_bins + rbin).ravel(), np.zeros(b * u), key,
-                           pos=flat_pos, label=flat_lab, score=flat_s)
+        self.ranged.update((np.arange(u)[None, :] * self.range_bins + rbin).ravel(), np.zeros(b * u),
+                           np.repeat(keys, u), pos=pos.ravel(), label=lab2.ravel(), score=scores.ravel())
         self.sketch.add(scores)
         self.stats.add_reduced(means, maxes, zeros, per_example)
         self.n += b
@@ -188,7 +193,11 @@ class ExamplesReducer:
         self.ids.update(zip(keys.tolist(), ids))
         labels = (None if labels is None or not self.classes or torch.as_tensor(labels).is_floating_point()
                   else np.asarray(torch.as_tensor(labels).cpu(), dtype=np.int64))
-        reduced = {s.name: reduce_activation(activations[s.name]) for s in self.specs}
+        reduced = {}
+        for s in self.specs:
+            a = activations[s.name]
+            r = a if isinstance(a, tuple) else reduce_activation(a.detach())  # reduced in the hook, or not
+            reduced[s.name] = _to_numpy(r, int(np.prod(s.spatial)) if s.spatial else 1)
         if x is not None and self.columns:
             xd = torch.as_tensor(x).double().reshape(len(ids), -1).cpu().numpy()
             if self.x_sum is None:
@@ -562,7 +571,7 @@ def examples(subject, data, layers: Sequence[str] | None = None, *, k: int = 16,
 
     reducer = examples_reducer(subject, data, layers, k=k, reduce=reduce)
     key = _pass_key(subject, data, reducer, limit)
-    run_pass(subject, data, [s.name for s in reducer.specs], {"examples": reducer}, limit=limit,
+    run_pass(subject, data, [s.name for s in reducer.specs], {"examples": reducer}, reduce=reduce_activation, limit=limit,
              batch_size=batch_size, checkpoint=checkpoint, key=key, desc="dataset examples", progress=progress)
     return finish_examples(reducer, subject, data, pictures=pictures, max_units=max_units)
 

@@ -43,10 +43,19 @@ class KeepBest:
         """Offer flat candidates: ``row[i]`` gets (primary[i], key[i], payloads[i])."""
         worst_p, worst_k = self.primary[row, -1], self.key[row, -1]
         enter = (primary < worst_p) | ((primary == worst_p) & (key < worst_k))
+        if enter.any():
+            self._merge_in(row[enter], primary[enter], key[enter], {p: v[enter] for p, v in payloads.items()})
+
+    def update_dense(self, primary: np.ndarray, key: np.ndarray, **payloads: np.ndarray) -> None:
+        """Offer a (B, rows) matrix: column r holds row r's candidates, ``key`` is per example (B,)."""
+        worst_p, worst_k = self.primary[:, -1], self.key[:, -1]
+        enter = (primary < worst_p) | ((primary == worst_p) & (key[:, None] < worst_k))
         if not enter.any():
             return
-        row, primary, key = row[enter], primary[enter], key[enter]
-        payloads = {p: v[enter] for p, v in payloads.items()}
+        b, r = np.nonzero(enter)
+        self._merge_in(r, primary[b, r], key[b], {p: v[b, r] for p, v in payloads.items()})
+
+    def _merge_in(self, row, primary, key, payloads) -> None:
         touched = np.unique(row)
         # Current entries of the touched rows, flattened, plus the candidates.
         all_row = np.concatenate([np.repeat(touched, self.m), row])

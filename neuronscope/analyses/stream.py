@@ -30,8 +30,11 @@ class Step:
 
 
 def stream(subject, data, layers: Sequence[str] = (), *, limit: int | None = None, start: int = 0,
-           batch_size: int = 64, desc: str = "forward pass", progress: bool = True) -> Iterator[Step]:
-    """Yield one :class:`Step` per batch: a single forward pass gives activations and outputs."""
+           batch_size: int = 64, reduce=None, desc: str = "forward pass", progress: bool = True) -> Iterator[Step]:
+    """Yield one :class:`Step` per batch: a single forward pass gives activations and outputs.
+
+    With ``reduce`` the activations are what it returns for each layer output, computed inside
+    the hook (no copy of the feature maps)."""
     remaining = max(len(data) - start, 0)
     total = min(remaining, limit) if limit is not None else remaining
     bar = progress_bar(total=total, desc=desc, unit="ex", enabled=progress)
@@ -39,7 +42,7 @@ def stream(subject, data, layers: Sequence[str] = (), *, limit: int | None = Non
         for batch in data.batches(batch_size, limit=limit, start=start):
             with torch.no_grad():
                 if layers:
-                    with subject.capture(layers) as cap:
+                    with subject.capture(layers, reduce) as cap:
                         logits = subject.logits(batch.x)
                     acts = dict(cap.items())
                 else:
@@ -51,7 +54,7 @@ def stream(subject, data, layers: Sequence[str] = (), *, limit: int | None = Non
 
 
 def run_pass(subject, data, layers: Sequence[str], reducers: Mapping[str, object], *,
-             limit: int | None = None, batch_size: int = 64, checkpoint: Path | None = None,
+             reduce=None, limit: int | None = None, batch_size: int = 64, checkpoint: Path | None = None,
              key: str = "", every_s: float = 30.0, desc: str = "data pass", progress: bool = True) -> int:
     """Feed every reducer (``add(step)``) from one pass; returns the number of examples seen.
 
@@ -72,7 +75,7 @@ def run_pass(subject, data, layers: Sequence[str], reducers: Mapping[str, object
     last_save = time.monotonic()
     stop = start
     for step in stream(subject, data, layers, limit=None if limit is None else max(limit - done, 0), start=start,
-                       batch_size=batch_size, desc=desc, progress=progress):
+                       batch_size=batch_size, reduce=reduce, desc=desc, progress=progress):
         for red in reducers.values():
             red.add(step)
         done += len(step.batch.ids)

@@ -14,7 +14,7 @@ from pathlib import Path
 from ..data import open_data
 from ..loading import load_model
 from ..pipeline import ReportOptions, report
-from ..report import render_index
+from ..website import render_index
 from ..subject import Subject
 from .build import build_demo
 

@@ -27,7 +27,7 @@ PAGES = [
 
 
 def _env() -> Environment:
-    env = Environment(loader=PackageLoader("neuronscope.report", "templates"),
+    env = Environment(loader=PackageLoader("neuronscope.website", "templates"),
                       autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
     env.filters["pct"] = lambda v, d=0: "–" if v is None else f"{v:.{d}%}"
     env.filters["num"] = lambda v, d=3: "–" if v is None else (f"{v:,}" if isinstance(v, int) else f"{v:.{d}g}")
