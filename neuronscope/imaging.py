@@ -185,12 +185,19 @@ def cells(vector: np.ndarray, signed: bool, cell: int = 14, pad: int = 1) -> np.
     return tile_grid(np.ascontiguousarray(tiles), pad=pad, pad_value=255)
 
 
+def input_rgb(x, value_range: tuple[float, float]) -> np.ndarray:
+    """A raw (C, H, W) image input (1 or 3 channels) as (H, W, 3) uint8 pixels."""
+    lo, hi = value_range
+    a = ((np.asarray(x, dtype=np.float64) - lo) / (hi - lo)).clip(0, 1)
+    a = np.repeat(a, 3, axis=0) if a.shape[0] == 1 else a
+    return to_uint8(a.transpose(1, 2, 0))
+
+
 def input_picture(x, value_range: tuple[float, float], size: int = 96) -> Image.Image:
     """A raw model input as a picture: an image for (C, H, W) input with 1 or 3 channels, else a
     grid of cells (vectors)."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim == 3 and x.shape[0] in (1, 3):
+        return to_image(upscale_nearest(input_rgb(x, value_range), max(1, size // max(x.shape[1:]))))
     lo, hi = value_range
-    a = ((np.asarray(x, dtype=np.float64) - lo) / (hi - lo)).clip(0, 1)
-    if a.ndim == 3 and a.shape[0] in (1, 3):
-        img = a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0)
-        return to_image(upscale_nearest(img, max(1, size // max(a.shape[1:]))))
-    return to_image(cells(a.reshape(-1), signed=False))
+    return to_image(cells(((x - lo) / (hi - lo)).clip(0, 1).reshape(-1), signed=False))

@@ -92,3 +92,8 @@ def parse_unit(address: str) -> Unit:
         direction=direction,
         position=tuple(int(p) for p in pos.split(",")) if pos else None,
     )
+
+
+def slug(layer: str) -> str:
+    """A layer address safe in file names and URLs ('#' would start a URL fragment)."""
+    return str(layer).replace("#", "~")

@@ -20,14 +20,6 @@ from ..errors import NeuronscopeError
 from .stream import stream
 
 
-def per_example_scores(act: torch.Tensor, reduce: str = "max") -> torch.Tensor:
-    """(N, C, *spatial) -> (N, C): each unit's score for each example (spatial max or mean)."""
-    if act.ndim <= 2:
-        return act.reshape(act.shape[0], -1)
-    flat = act.flatten(2)
-    return flat.amax(2) if reduce == "max" else flat.mean(2)
-
-
 class UnitStats:
     """Streaming, mergeable statistics of every unit of one layer.
 

@@ -13,27 +13,15 @@ from PIL import Image
 from torch import nn
 
 from .. import imaging
-from .receptive_field import patch, receptive_fields
+from ..units import slug
+from .receptive_field import draw_box, patch, receptive_fields
 
 THUMB = 64
 PATCH = 48
 
 
-def slug(layer: str) -> str:
-    """A layer address safe in file names and URLs ('#' starts a URL fragment)."""
-    return layer.replace("#", "~")
-
-
 def is_image_input(subject) -> bool:
     return len(subject.input_shape) == 3 and subject.input_shape[0] in (1, 3)
-
-
-def _rgb(x: np.ndarray, value_range) -> np.ndarray:
-    """A raw (C, H, W) input as (H, W, 3) uint8."""
-    lo, hi = value_range
-    a = ((x - lo) / (hi - lo)).clip(0, 1)
-    a = np.repeat(a, 3, axis=0) if a.shape[0] == 1 else a
-    return imaging.to_uint8(a.transpose(1, 2, 0))
 
 
 def _fit(img: np.ndarray, size: int) -> np.ndarray:
@@ -92,46 +80,37 @@ def render(result, subject, data, *, max_units: int | None = 64) -> dict[str, Im
             boxes = dict(zip(positions, receptive_fields(subject, name, positions)))
         kernels = first_layer_kernels(subject, name)
         scale = imaging.max_abs(kernels) if kernels is not None else None
+        per_bin = lr.ranged[0].pos.shape[1] if lr.ranged else 0
         for u in chosen[name]:
             base = f"{slug(name)}/{u}"
             tops, patches = [], []
             for rank, id_ in enumerate(lr.top.ids[u]):
-                rgb = _rgb(images[id_], subject.value_range)
+                rgb = imaging.input_rgb(images[id_], subject.value_range)
                 box = boxes.get(lr.position(lr.top.pos[u, rank])) if spatial else None
                 if box is not None:
                     result.boxes[(name, u, rank)] = (box.y0, box.x0, box.y1, box.x1)
                     crop, whole = patch(images[id_], box)
-                    crop_rgb = _rgb(np.asarray(crop), subject.value_range)
+                    crop_rgb = imaging.input_rgb(np.asarray(crop), subject.value_range)
                     if whole is not None:
-                        crop_rgb = _draw(crop_rgb, whole)
+                        crop_rgb = draw_box(crop_rgb.copy(), whole)
                     patches.append(_fit(crop_rgb, PATCH))
-                    tops.append(_fit(_draw(rgb, box), THUMB))
+                    tops.append(_fit(draw_box(rgb.copy(), box), THUMB))
                 else:
                     tops.append(_fit(rgb, THUMB))
             out[f"{base}-top"] = imaging.to_image(_row(tops, THUMB, ncols=8))
             if patches:
                 out[f"{base}-patches"] = imaging.to_image(_row(patches, PATCH, ncols=8))
             out[f"{base}-bottom"] = imaging.to_image(
-                _row([_fit(_rgb(images[i], subject.value_range), THUMB) for i in lr.bottom.ids[u]], THUMB, ncols=8))
+                _row([_fit(imaging.input_rgb(images[i], subject.value_range), THUMB) for i in lr.bottom.ids[u]], THUMB, ncols=8))
             rows = []
             for rk in lr.ranged:
-                tiles = [_fit(_rgb(images[i], subject.value_range), THUMB) for i in rk.ids[u]]
-                tiles += [np.full((THUMB, THUMB, 3), 245, np.uint8)] * (result_per_bin(lr) - len(tiles))
+                tiles = [_fit(imaging.input_rgb(images[i], subject.value_range), THUMB) for i in rk.ids[u]]
+                tiles += [np.full((THUMB, THUMB, 3), 245, np.uint8)] * (per_bin - len(tiles))
                 rows.extend(tiles)
-            out[f"{base}-range"] = imaging.to_image(_row(rows, THUMB, ncols=result_per_bin(lr)))
+            out[f"{base}-range"] = imaging.to_image(_row(rows, THUMB, ncols=per_bin))
             if kernels is not None:
                 k = kernels[u]
                 tile = imaging.symmetric_scale(k, scale)
                 tile = tile.transpose(1, 2, 0) if k.shape[0] == 3 else tile[0]
                 out[f"{base}-filter"] = imaging.to_image(imaging.upscale_nearest(tile, max(1, PATCH // k.shape[-1])))
     return out
-
-
-def result_per_bin(lr) -> int:
-    return lr.ranged[0].pos.shape[1] if lr.ranged else 0
-
-
-def _draw(rgb: np.ndarray, box) -> np.ndarray:
-    from .receptive_field import draw_box
-
-    return draw_box(rgb.copy(), box)

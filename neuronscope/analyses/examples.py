@@ -452,9 +452,6 @@ class ExamplesResult:
     profiles: dict[str, np.ndarray] = field(default_factory=dict)  # layer -> (U, columns) standardized
     boxes: dict[tuple[str, int, int], tuple[int, int, int, int]] = field(default_factory=dict)
 
-    def unit_ids(self, layer: str) -> list[str]:
-        return [f"{layer}:{u}" for u in range(self.layers[layer].spec.channels)]
-
     def layer_stats(self) -> LayerStatsResult:
         """The layer summary (dead units, mean activation, sparsity) from the same pass."""
         names = list(self.layers)

@@ -13,6 +13,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from ..atomic import atomic_write
 from ..store import Store
+from ..units import slug
 from . import svg, unit_pages
 
 #: Pages in navigation order: (section in the store, file, title). "overview" is index.html.
@@ -32,7 +33,7 @@ def _env() -> Environment:
     env.filters["pct"] = lambda v, d=0: "–" if v is None else f"{v:.{d}%}"
     env.filters["num"] = lambda v, d=3: "–" if v is None else (f"{v:,}" if isinstance(v, int) else f"{v:.{d}g}")
     env.filters["shape"] = lambda s: "×".join(map(str, s)) if s else "?"
-    env.filters["slug"] = lambda s: str(s).replace("#", "~")
+    env.filters["slug"] = slug
     env.globals.update(svg_histogram=svg.histogram, svg_bars=svg.bars)
     return env
 

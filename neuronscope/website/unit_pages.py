@@ -9,6 +9,7 @@ from collections import defaultdict
 
 from ..atomic import atomic_write
 from ..store import Store
+from ..units import slug
 
 KINDS = ("top", "bottom")
 
@@ -20,10 +21,6 @@ def _group(table: dict[str, list], by: str) -> dict[str, list[dict]]:
         row = dict(zip(keys, vals))
         out[row[by]].append(row)
     return out
-
-
-def slug(layer: str) -> str:
-    return layer.replace("#", "~")
 
 
 def unit_link(unit: str) -> str:
