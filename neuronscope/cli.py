@@ -37,6 +37,8 @@ examples:
   neuronscope filters net.py:make_net --weights w.pt --input-shape 3,32,32 --out filters/
   neuronscope report net.py:make_net --weights w.pt --input-shape 3,32,32 \\
       --mean 0.5 --std 0.5 --classes classes.txt --data images/ --out report/
+  neuronscope visualize net.py:make_net --weights w.pt --input-shape 3,32,32 conv3:5 --out vis/
+  neuronscope visualize net.py:make_net --weights w.pt --input-shape 3,32,32 class:cat --data images/ --out vis/
   neuronscope serve report/
 """
 
@@ -131,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", metavar="L1,L2,..", help="layers to analyse (default: activation outputs and the final layer)")
     p.add_argument("--example", metavar="ID", help="id of the input whose activation maps are shown (default: the first)")
     p.add_argument("--batch-size", type=int, default=64, metavar="N", help="examples per forward pass (default: 64)")
+    p.add_argument("--visualize", type=int, default=8, metavar="N",
+                   help="units per layer that get feature visualizations, plus every class (default: 8; 0 skips)")
+    p.add_argument("--vis-steps", type=int, default=256, metavar="N", help="optimization steps per visualization "
+                                                                             "(default: 256)")
 
     p = sub.add_parser("examples", help="find the real inputs that excite each unit most", formatter_class=fmt,
                        description="One streaming pass over the data: for every unit of the chosen layers, its "
@@ -146,6 +152,39 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score a conv unit on an example by its map's max or mean (default: max)")
     p.add_argument("--pictures", type=int, default=64, metavar="N", help="units per layer that get pictures (default: 64)")
     p.add_argument("--batch-size", type=int, default=64, metavar="N", help="examples per forward pass (default: 64)")
+
+    p = sub.add_parser("visualize", help="draw what input a unit, layer, direction or class wants most", formatter_class=fmt,
+                       description="Activation maximization with Lucid's recipe (Fourier + decorrelated colour, "
+                                   "transformation robustness, redirected-ReLU warm-up), every target of a layer in one "
+                                   "batched run. Writes PNGs (positive from several seeds, negative, diverse set) and "
+                                   "evidence.csv: the score reached, its ratio to the largest real score (with --data), "
+                                   "seed consistency, and units no input could turn on.",
+                       epilog="TARGET is a unit address: 'conv3' (every channel; pick some with --units), 'conv3:5', "
+                              "'conv3:5@4,4' (one spatial neuron), or 'class:NAME' (several allowed, one layer or "
+                              "all classes per call).")
+    _add_model_args(p)
+    p.add_argument("targets", nargs="+", metavar="TARGET", help="unit addresses or class:NAME")
+    p.add_argument("--data", metavar="DATA", help="real inputs: colour statistics and the largest real activations")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the PNGs and evidence.csv")
+    p.add_argument("--units", metavar="A-B|A,B,..", help="units of a whole-layer TARGET (default: all)")
+    p.add_argument("--steps", type=int, default=256, metavar="N", help="optimization steps (default: 256)")
+    p.add_argument("--seeds", type=int, default=3, metavar="K", help="random starts per target; their agreement is "
+                                                                      "reported (default: 3)")
+    p.add_argument("--diverse", type=int, default=0, metavar="M", help="also render a diverse set of M images")
+    p.add_argument("--no-negative", action="store_true", help="skip the negative (minimizing) visualization")
+    p.add_argument("--param", choices=["fourier", "pixel", "maco"], default="fourier",
+                   help="image parameterization (maco needs --data; default: fourier)")
+    p.add_argument("--decay-power", type=float, default=1.0, metavar="P", help="Fourier damping of high frequencies "
+                                                                                 "(default: 1; 0 = flat)")
+    p.add_argument("--transforms", choices=["standard", "none"], default="standard",
+                   help="robustness transforms: pad, jitter, scale, rotate sized to the image (default: standard)")
+    p.add_argument("--lr", type=float, default=0.05, help="Adam learning rate (default: 0.05)")
+    p.add_argument("--class-objective", choices=["logit", "logprob"], default="logit",
+                   help="maximize the class logit or its log-probability (default: logit)")
+    p.add_argument("--accentuate", metavar="ID[,ID..]", help="instead, start from these --data examples and push "
+                                                              "the first TARGET while staying close to them")
+    p.add_argument("--strength", type=float, default=1.0, help="closeness penalty for --accentuate (default: 1)")
+    p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("demo", help="train the built-in demo models and write their report", formatter_class=fmt,
                        description="Generate the demo data sets (shortcut shapes, digits, tabular), train "
@@ -201,10 +240,97 @@ def _report(args) -> int:
         opts.sections = ("overview", "examples")
     else:
         opts.example = args.example
+        opts.featvis_units, opts.featvis_steps = args.visualize, args.vis_steps
     index = report(subject, data, args.out, opts)
     page = index if args.command == "report" else index.with_name("examples.html")
     print(f"{'Report' if args.command == 'report' else 'Dataset examples'} written: {page}\n"
           f"Open it in a browser, or run: neuronscope serve {args.out}")
+    return 0
+
+
+def _units(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    out = []
+    try:
+        for part in text.split(","):
+            a, _, b = part.partition("-")
+            out.extend(range(int(a), int(b) + 1) if b else [int(a)])
+    except ValueError:
+        raise NeuronscopeError(f"--units {text!r}: give unit numbers and ranges, e.g. 0-7 or 1,5,9.") from None
+    return out
+
+
+def _visualize(args) -> int:
+    import csv
+
+    import numpy as np
+
+    from .atomic import atomic_write
+    from .data import open_data
+    from .imaging import png_bytes
+
+    data = None
+    if args.data:
+        data = open_data(args.data, input_shape=_shape(args.input_shape) if args.input_shape else None,
+                         value_range=tuple(_floats(args.range, "--range")), classes=_classes(args.classes))
+    subject = _subject_from_args(args, input_shape=data.input_shape if data is not None else None)
+    if args.classes is None and data is not None and data.classes is not None:
+        subject.classes = data.classes
+    out = Path(args.out)
+    if args.accentuate:
+        return _accentuate(args, subject, data, out)
+    from .analyses.featvis import visualize
+
+    vis = visualize(subject, args.targets, units=_units(args.units), data=data, seeds=args.seeds,
+                    negative=not args.no_negative, diverse=args.diverse, steps=args.steps, param=args.param,
+                    transforms=args.transforms, decay_power=args.decay_power, lr=args.lr,
+                    class_objective=args.class_objective, seed=args.seed, progress=not args.quiet)
+    for name, image in vis.images().items():
+        atomic_write(out / f"{name}.png", png_bytes(image))
+    table = vis.tables()["targets"]
+    lines = [list(table)] + [list(row) for row in zip(*table.values())]
+    import io
+
+    buf = io.StringIO()
+    csv.writer(buf).writerows(lines)
+    atomic_write(out / "evidence.csv", buf.getvalue().encode())
+    print(f"{'target':<24} {'value':>9} {'reached':>9} {'real max':>9} {'ratio':>6} {'seeds agree':>11}")
+    for r in vis:
+        ratio = f"{r.ratio:.2f}" if r.ratio is not None else "-"
+        agree = r.consistency.get("features")
+        print(f"{r.target.address:<24} {r.values[0]:>9.3g} "
+              f"{(f'{r.reached:.3g}' if r.reached is not None else '-'):>9} "
+              f"{(f'{r.real_max:.3g}' if r.real_max is not None else '-'):>9} {ratio:>6} "
+              f"{(f'{agree:.2f}' if agree is not None and not np.isnan(agree) else '-'):>11}"
+              + ("   UNREACHABLE: stays <= 0, no picture" if not r.reachable else ""))
+    print(f"Pictures and evidence.csv written to {out}/")
+    return 0
+
+
+def _accentuate(args, subject, data, out: Path) -> int:
+    from .analyses.featvis import accentuate
+    from .analyses.featvis.visualize import _objective, _parse_targets
+    from .imaging import input_rgb, save_png, tile_grid, upscale_nearest
+
+    if data is None:
+        raise NeuronscopeError("--accentuate needs --data: the examples to start from are read from it.")
+    ids = [i.strip() for i in args.accentuate.split(",") if i.strip()]
+    x = data.get(ids).x
+    class_idx, targets = _parse_targets(subject, args.targets[:1], None, None)
+    objective = _objective(subject, targets[:1], class_idx[:1] if class_idx else None, None, args.class_objective)
+    acc = accentuate(subject, objective, x, strength=args.strength, steps=args.steps, lr=args.lr, seed=args.seed,
+                     progress=not args.quiet)
+    import numpy as np
+
+    pic = lambda a: upscale_nearest(input_rgb(a, subject.value_range), max(1, 96 // max(a.shape[1:])))  # noqa: E731
+    for i, id_ in enumerate(ids):
+        tiles = np.stack([pic(acc.originals[i]), pic(acc.images[i])])
+        save_png(tile_grid(tiles, ncols=2, pad=2), out / f"accentuated-{Path(id_).with_suffix('').as_posix().replace('/', '_')}.png")
+        flip = (f"decision became {targets[0].address.split(':', 1)[1]} at step {acc.flip_step[i]} "
+                f"(RMS change {acc.flip_rms[i]:.3g}, largest {acc.flip_max[i]:.3g})") if acc.flip_step[i] >= 0 else ""
+        print(f"{id_}: {targets[0].address} {acc.rendering.start_values[i]:.3g} -> {acc.rendering.values[i]:.3g}  {flip}")
+    print(f"Pictures written to {out}/ (original | accentuated)")
     return 0
 
 
@@ -222,6 +348,8 @@ def _run(args) -> int:
         return 0
     if args.command in ("report", "examples"):
         return _report(args)
+    if args.command == "visualize":
+        return _visualize(args)
     if args.command == "demo":
         from .demo.run import run_demo
 

@@ -40,6 +40,10 @@ class ReportOptions:
     story: str | None = None  # a paragraph shown at the top of the overview (the demo uses it)
     extra: dict = field(default_factory=dict)  # facts shown on the overview (the demo's metrics)
     sections: Sequence[str] | None = None  # run only these (None: every section that fits)
+    featvis_units: int | None = 8  # units per layer that get feature visualizations (None: all, 0: none)
+    featvis_steps: int = 256
+    featvis_seeds: int = 2  # random starts per unit (their agreement is measured)
+    featvis_diverse: int = 3  # images in each unit's diverse set (0: none)
 
     def wants(self, section: str) -> bool:
         return self.sections is None or section in self.sections
@@ -58,6 +62,8 @@ SECTION_CODE = {
     "examples": ("analyses/examples.py", "analyses/reducers.py", "analyses/sketch.py", "analyses/activations.py",
                  "analyses/example_pictures.py", "analyses/receptive_field.py", "analyses/stream.py", "subject.py"),
     "activations": ("analyses/activations.py", "imaging.py", "subject.py"),
+    "featvis": tuple(f"analyses/featvis/{m}.py" for m in ("param", "objectives", "transforms", "redirect", "render",
+                                                         "evidence", "visualize")) + ("subject.py",),
 }
 
 
@@ -140,8 +146,42 @@ def analyze(subject, data, out: str | Path, options: ReportOptions | None = None
                 first = next(data.batches(1))  # the first example was unreadable: take the next one
                 x, example = first.x, first.ids[0]
             store.save("activations", activation_maps(subject, x[0], layers, example_id=example), key=k)
+
+    if opts.wants("featvis") and opts.featvis_units != 0 and len(subject.input_shape) in (1, 3) and subject.hookable:
+        k = key("featvis", layers=layers, units=opts.featvis_units, steps=opts.featvis_steps, seeds=opts.featvis_seeds,
+                diverse=opts.featvis_diverse, examples=store.sections().get("examples", {}).get("key"))
+        if not store.has("featvis", k):
+            store.save("featvis", _feature_visualizations(subject, data, store, layers, opts), key=k)
     store.set_info(seconds=round(time.perf_counter() - t0, 2))
     return store
+
+
+def _feature_visualizations(subject, data, store, layers, opts):
+    """Feature visualizations of the first units of each layer and of every class, as one section."""
+    import dataclasses
+
+    from .analyses.featvis.visualize import visualize
+
+    final = subject.final_layer()
+    results, seconds, v = [], 0.0, None
+    common = dict(data=data, store=store, seeds=opts.featvis_seeds, steps=opts.featvis_steps, progress=opts.progress)
+    if len(subject.input_shape) == 3:
+        common["diverse"] = opts.featvis_diverse
+    jobs = [(layer, None) for layer in layers if layer != final]
+    if subject.task == "classification":
+        jobs.append((None, [f"class:{c}" for c in subject.classes]))
+    for layer, classes in jobs:
+        if classes is None:
+            c = subject.layer(layer).channels or 1
+            units = list(range(c if opts.featvis_units is None else min(c, opts.featvis_units)))
+            _say(f"feature visualization: {len(units)} units of {layer}...", opts.progress)
+            v = visualize(subject, layer, units=units, **common)
+        else:
+            _say("feature visualization: classes...", opts.progress)
+            v = visualize(subject, classes, **common)
+        results += v.results
+        seconds += v.seconds
+    return dataclasses.replace(v, results=results, seconds=seconds)
 
 
 def report(subject, data, out: str | Path, options: ReportOptions | None = None) -> Path:

@@ -31,6 +31,6 @@ def test_readme_walkthrough(tmp_path):
     assert s.n == 8 and s.confusion.sum() == 8
     ex = ns.examples(subject, data, k=3, progress=False)
     assert len(ex.layers["4"].top.ids[2]) == 3 and ex.pictures
-    index = ns.report(subject, data, tmp_path / "report", ns.ReportOptions(progress=False))
+    index = ns.report(subject, data, tmp_path / "report", ns.ReportOptions(progress=False, featvis_units=0))
     assert index.exists() and (tmp_path / "report" / "sanity.html").exists()
     assert ns.overview(subject).text().splitlines()[0].startswith("layer")

@@ -64,7 +64,7 @@ def test_filters_command(model, tmp_path, capsys):
 
 def test_report_command(model, images, tmp_path, capsys):
     out = tmp_path / "r"
-    assert main(["-q", "report", *model, "--data", images, "--out", str(out), "--mean", "0.5", "--std", "0.25"]) == 0
+    assert main(["-q", "report", "--visualize", "0", *model, "--data", images, "--out", str(out), "--mean", "0.5", "--std", "0.25"]) == 0
     assert "Report written" in capsys.readouterr().out
     html = (out / "index.html").read_text()
     assert "cat" in html and "dog" in html and "0.25" in html
@@ -82,7 +82,7 @@ def test_user_mistakes_exit_2_with_a_message(model, images, tmp_path, capsys, ar
     if "--input-shape" in args:
         i = base.index("--input-shape")
         del base[i:i + 2]
-    code = main(["-q", "report", *base, "--data", images, "--out", str(tmp_path / "r"), *args])
+    code = main(["-q", "report", "--visualize", "0", *base, "--data", images, "--out", str(tmp_path / "r"), *args])
     err = capsys.readouterr().err
     assert code == 2, err
     assert message in err and "Traceback" not in err

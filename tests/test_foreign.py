@@ -42,7 +42,7 @@ def test_cifar_filters_and_report_on_the_swan_and_generated_images(tmp_path, cap
         img[y:y + 10, x:x + 20] = 140
         Image.fromarray(img).save(data / "plane" / f"gen{i}.png")
     out = tmp_path / "report"
-    assert main(["-q", "report", f"{MODELS}:cifar_net", *CIFAR, "--data", str(data), "--out", str(out)]) == 0
+    assert main(["-q", "report", "--visualize", "0", f"{MODELS}:cifar_net", *CIFAR, "--data", str(data), "--out", str(out)]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     filters = manifest["sections"]["filters"]["summary"]
     assert filters["layer"] == "conv1" and filters["kind"] == "conv-rgb" and filters["filters"] == 6
@@ -66,7 +66,7 @@ def test_california_regressor(tmp_path):
     cols["price"] = np.clip(0.4 * cols["MedInc"] + 0.3, 0.15, 5.0)
     pacsv.write_csv(pa.table(cols), tmp_path / "houses.csv")
     out = tmp_path / "r"
-    assert main(["-q", "report", f"{MODELS}:california_net", "--weights", str(FIX / "california_model.pt"),
+    assert main(["-q", "report", "--visualize", "0", f"{MODELS}:california_net", "--weights", str(FIX / "california_model.pt"),
                  "--data", str(tmp_path / "houses.csv"), "--target", "price", "--out", str(out)]) == 0
     m = json.loads((out / "manifest.json").read_text())
     assert m["model"]["task"] == "regression" and m["model"]["columns"][0] == "MedInc"
@@ -89,7 +89,7 @@ def test_titanic_classifier_ending_in_softmax(tmp_path):
     cols["survived"] = sex == 0
     pacsv.write_csv(pa.table(cols), tmp_path / "titanic.csv")
     out = tmp_path / "r"
-    assert main(["-q", "report", f"{MODELS}:titanic_net", "--weights", str(FIX / "titanic_model.pt"),
+    assert main(["-q", "report", "--visualize", "0", f"{MODELS}:titanic_net", "--weights", str(FIX / "titanic_model.pt"),
                  "--data", str(tmp_path / "titanic.csv"), "--target", "survived", "--classes", "died,survived",
                  "--out", str(out)]) == 0
     m = json.loads((out / "manifest.json").read_text())

@@ -40,7 +40,7 @@ def test_export_at_a_fixed_batch_is_padded_and_hooked(tmp_path, arrays):
     assert torch.allclose(acts["4"], m(x), atol=1e-5)
     assert torch.allclose(acts["1"], torch.relu(m[0](x)), atol=1e-5)
     out = tmp_path / "r"
-    assert main(["-q", "report", str(tmp_path / "m.pt2"), "--input-shape", "1,8,8", "--data", arrays,
+    assert main(["-q", "report", "--visualize", "0", str(tmp_path / "m.pt2"), "--input-shape", "1,8,8", "--data", arrays,
                  "--out", str(out)]) == 0
     m_ = json.loads((out / "manifest.json").read_text())
     assert m_["sections"]["sanity"]["summary"]["n"] == 7
@@ -52,12 +52,12 @@ def test_torchscript_gets_output_level_analyses_and_refuses_layers(tmp_path, arr
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.jit.save(torch.jit.trace(net(), torch.rand(2, 1, 8, 8)), tmp_path / "m.ts")
     out = tmp_path / "r"
-    assert main(["-q", "report", str(tmp_path / "m.ts"), "--input-shape", "1,8,8", "--data", arrays,
+    assert main(["-q", "report", "--visualize", "0", str(tmp_path / "m.ts"), "--input-shape", "1,8,8", "--data", arrays,
                  "--out", str(out)]) == 0
     sections = json.loads((out / "manifest.json").read_text())["sections"]
     assert "sanity" in sections and "activations" not in sections
     capsys.readouterr()
-    code = main(["-q", "report", str(tmp_path / "m.ts"), "--input-shape", "1,8,8", "--data", arrays,
+    code = main(["-q", "report", "--visualize", "0", str(tmp_path / "m.ts"), "--input-shape", "1,8,8", "--data", arrays,
                  "--out", str(out), "--layers", "0"])
     err = capsys.readouterr().err
     assert code == 2 and "TorchScript" in err and ".pt2" in err and "Traceback" not in err

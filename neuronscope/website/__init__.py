@@ -14,7 +14,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from ..atomic import atomic_write
 from ..store import Store
 from ..units import slug
-from . import svg, unit_pages
+from . import featvis_pages, svg, unit_pages
 
 #: Pages in navigation order: (section in the store, file, title). "overview" is index.html.
 PAGES = [
@@ -23,6 +23,7 @@ PAGES = [
     ("filters", "filters.html", "First-layer filters"),
     ("activations", "activations.html", "Activation maps"),
     ("examples", "examples.html", "Dataset examples"),
+    ("featvis", "featvis.html", "Feature visualization"),
     ("layer_stats", "layers.html", "Layer statistics"),
 ]
 
@@ -75,6 +76,7 @@ def render_site(root: str | os.PathLike) -> Path:
               "table": lambda section, name: _rows(store.table(section, name))
               if name in sections.get(section, {}).get("tables", {}) else []}
     extra = unit_pages.context(store) if "examples" in sections else {}
+    extra.update(featvis_pages.context(store) if "featvis" in sections else {"fv_by_unit": {}})
     for section, file, title in PAGES:
         if section not in sections:
             continue
@@ -82,7 +84,7 @@ def render_site(root: str | os.PathLike) -> Path:
             **common, **extra, page=file, title=title, s=sections[section]["summary"], entry=sections[section],
             findings=findings(store) if section == "overview" else [])
         atomic_write(store.root / file, page.encode())
-    if extra:
+    if "ex_layers" in extra:
         unit_pages.render(store, env, {**common, **extra, "root": "../../", "page": "examples.html"})
     return store.root / "index.html"
 

@@ -1,0 +1,17 @@
+"""Feature visualization: what input each unit, direction and class wants most.
+
+Composable pieces in the manner of Lucid (Olah et al., "Feature Visualization", Distill 2017):
+``param`` (what is optimized), ``objectives`` (what is maximized), ``transforms`` (robustness),
+``redirect`` (gradients for switched-off ReLUs), ``render`` (the batched loop), ``evidence``
+(the numbers beside each picture), ``accentuate`` (starting from a real input), ``vector``
+(inputs that are plain numeric vectors) and ``visualize`` (the one-call API).
+"""
+
+from . import objectives, transforms
+from .accentuate import Accentuation, accentuate
+from .objectives import Objective
+from .render import Rendering, render
+from .visualize import Visualization, visualize
+
+__all__ = ["Accentuation", "Objective", "Rendering", "Visualization", "accentuate", "objectives", "render",
+           "transforms", "visualize"]

@@ -1,0 +1,346 @@
+"""Objectives: what "wants most" means. Higher is better; the optimizer minimises ``-objective``.
+
+The kinds follow Lucid ("Feature Visualization", Olah et al. 2017): a **neuron** (one spatial
+position of a channel), a **channel** (its mean over positions), a **layer** (DeepDream's mean
+square), a **direction** in a layer's space (mean dot product, optionally times the cosine to a
+power, which favours images that point *along* the direction rather than just far), a **class**
+logit or log-probability, and **diversity** (minus the cosine similarity between the Gram matrices
+of images rendered for the same objective).
+
+Objectives are **vectorized**: ``channel("conv3", range(16))`` is 16 objectives that become one
+batch of 16 images optimized together, image ``b`` scored against target ``ctx.target[b]``.
+They compose with ``+``, ``-`` and scalars; a single objective (``n == 1``) broadcasts over a
+vectorized one. Each call returns one value per image, ``(B,)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class Context:
+    """What an objective sees after one forward pass."""
+
+    acts: dict[str, torch.Tensor]  # layer address -> (B, C, ...) activations
+    output: torch.Tensor | None  # (B, K) logits, when an objective needs the output
+    target: torch.Tensor  # (B,) which of the objective's targets each image serves
+    group: torch.Tensor  # (B,) images with the same group id are one diverse set
+    output_kind: str = "logits"  # "logits" or "probabilities" (a softmax inside forward)
+
+
+class Objective:
+    """Base class: ``n`` targets, the ``layers`` it reads, and whether it needs the model output."""
+
+    n: int = 1
+    layers: frozenset[str] = frozenset()
+    needs_output: bool = False
+    kind: str = "objective"
+    description: str = ""
+
+    def __call__(self, ctx: Context) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __add__(self, other):
+        return Sum([self, _as_objective(other)])
+
+    __radd__ = __add__
+
+    def __sub__(self, other):
+        return Sum([self, Scaled(_as_objective(other), -1.0)])
+
+    def __rsub__(self, other):
+        return Sum([_as_objective(other), Scaled(self, -1.0)])
+
+    def __neg__(self):
+        return Scaled(self, -1.0)
+
+    def __mul__(self, k):
+        if not isinstance(k, (int, float)):
+            return NotImplemented
+        return Scaled(self, float(k))
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, k):
+        return Scaled(self, 1.0 / float(k))
+
+    def __repr__(self):
+        return self.description or type(self).__name__
+
+
+def _as_objective(x) -> Objective:
+    if isinstance(x, Objective):
+        return x
+    if isinstance(x, (int, float)):
+        return Constant(float(x))
+    raise TypeError(f"cannot combine an objective with {type(x).__name__}")
+
+
+def _pick(values: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``values`` is per target ``(n,)``; return each image's ``(B,)``."""
+    return values[target] if values.numel() > 1 else values.expand(target.shape[0])
+
+
+class Constant(Objective):
+    def __init__(self, value: float):
+        self.value, self.description = value, f"{value:g}"
+
+    def __call__(self, ctx):
+        return torch.full((ctx.target.shape[0],), self.value, device=ctx.target.device)
+
+
+class Sum(Objective):
+    def __init__(self, parts: Sequence[Objective]):
+        flat = []
+        for p in parts:
+            flat.extend(p.parts if isinstance(p, Sum) else [p])
+        sizes = {p.n for p in flat if p.n > 1}
+        if len(sizes) > 1:
+            raise ValueError(f"cannot add vectorized objectives of different sizes {sorted(sizes)}")
+        self.parts = flat
+        self.n = sizes.pop() if sizes else 1
+        self.layers = frozenset().union(*(p.layers for p in flat))
+        self.needs_output = any(p.needs_output for p in flat)
+        self.kind = flat[0].kind if len({p.kind for p in flat}) == 1 else "sum"
+        self.description = " + ".join(repr(p) for p in flat)
+
+    def __call__(self, ctx):
+        return sum(p(ctx) for p in self.parts)
+
+
+class Scaled(Objective):
+    def __init__(self, inner: Objective, k: float):
+        self.inner, self.k = inner, k
+        self.n, self.layers, self.needs_output = inner.n, inner.layers, inner.needs_output
+        self.kind = inner.kind
+        self.description = f"-({inner!r})" if k == -1 else f"{k:g}*({inner!r})"
+
+    def __call__(self, ctx):
+        return self.k * self.inner(ctx)
+
+
+def _indices(x) -> torch.Tensor:
+    if isinstance(x, int):
+        return torch.tensor([x])
+    return torch.as_tensor(list(x), dtype=torch.long)
+
+
+class Channel(Objective):
+    """Mean activation of channel ``c`` over all positions (a dense unit for vector layers)."""
+
+    kind = "channel"
+
+    def __init__(self, layer: str, channels):
+        self.layer = str(layer)
+        self.channels = _indices(channels)
+        self.n = len(self.channels)
+        self.layers = frozenset([self.layer])
+        self.description = f"channel {self.layer}:{self.channels.tolist() if self.n > 1 else int(self.channels[0])}"
+
+    def __call__(self, ctx):
+        a = ctx.acts[self.layer]
+        c = _pick(self.channels.to(a.device), ctx.target)
+        picked = a[torch.arange(a.shape[0], device=a.device), c]
+        return picked.reshape(a.shape[0], -1).mean(1)
+
+
+class Neuron(Objective):
+    """One spatial position of a channel (the centre when no position is given)."""
+
+    kind = "neuron"
+
+    def __init__(self, layer: str, channels, position: Sequence[int] | None = None):
+        self.layer = str(layer)
+        self.channels = _indices(channels)
+        self.position = tuple(position) if position is not None else None
+        self.n = len(self.channels)
+        self.layers = frozenset([self.layer])
+        where = "@" + ",".join(map(str, self.position)) if self.position else " (centre)"
+        self.description = f"neuron {self.layer}:{self.channels.tolist() if self.n > 1 else int(self.channels[0])}{where}"
+
+    def __call__(self, ctx):
+        a = ctx.acts[self.layer]
+        c = _pick(self.channels.to(a.device), ctx.target)
+        picked = a[torch.arange(a.shape[0], device=a.device), c]  # (B, *spatial)
+        if picked.ndim == 1:
+            return picked
+        pos = self.position or tuple(s // 2 for s in picked.shape[1:])
+        return picked[(slice(None), *pos)]
+
+
+class LayerL2(Objective):
+    """DeepDream: the mean square of the whole layer (everything it reacts to, amplified)."""
+
+    kind = "layer"
+
+    def __init__(self, layer: str):
+        self.layer = str(layer)
+        self.layers = frozenset([self.layer])
+        self.description = f"layer {self.layer} (DeepDream)"
+
+    def __call__(self, ctx):
+        a = ctx.acts[self.layer]
+        return a.reshape(a.shape[0], -1).pow(2).mean(1)
+
+
+class Direction(Objective):
+    """Mean dot product of the activation vector with a direction, at every position.
+
+    ``vectors`` is ``(n, C)`` (n directions, vectorized) or ``(C,)``. With ``cosine_power > 0``
+    the dot product is multiplied by ``max(cos, 0.1) ** cosine_power`` (Lucid's
+    ``direction_cossim``): images then point along the direction instead of merely far.
+    """
+
+    kind = "direction"
+
+    def __init__(self, layer: str, vectors, *, cosine_power: float = 0.0, names: Sequence[str] | None = None):
+        self.layer = str(layer)
+        v = torch.as_tensor(vectors, dtype=torch.float32)
+        self.vectors = v[None] if v.ndim == 1 else v
+        self.n = self.vectors.shape[0]
+        self.cosine_power = float(cosine_power)
+        self.layers = frozenset([self.layer])
+        self.description = f"direction in {self.layer}" + (f" ({', '.join(names)})" if names else "")
+
+    def __call__(self, ctx):
+        a = ctx.acts[self.layer]
+        b = a.shape[0]
+        v = self.vectors.to(device=a.device, dtype=a.dtype)
+        if v.shape[1] != a.shape[1]:
+            raise ValueError(f"direction has {v.shape[1]} components but layer {self.layer!r} has {a.shape[1]} channels")
+        v = v[ctx.target] if self.n > 1 else v.expand(b, -1)
+        flat = a.reshape(b, a.shape[1], -1)  # (B, C, P)
+        dot = torch.einsum("bcp,bc->bp", flat, v)
+        if self.cosine_power:
+            cos = dot / (flat.norm(dim=1) * v.norm(dim=1, keepdim=True) + 1e-8)
+            dot = dot * cos.clamp(min=0.1) ** self.cosine_power
+        return dot.mean(1)
+
+
+class ClassLogit(Objective):
+    """The logit of class ``k`` (before any final softmax)."""
+
+    kind = "class"
+
+    def __init__(self, classes, names: Sequence[str] | None = None):
+        self.classes = _indices(classes)
+        self.n = len(self.classes)
+        self.needs_output = True
+        self.names = list(names) if names else None
+        self.description = "logit of class " + ", ".join(self.names or map(str, self.classes.tolist()))
+
+    def _column(self, z, ctx):
+        k = _pick(self.classes.to(z.device), ctx.target)
+        if z.shape[1] == 1:  # one-logit binary model: class 1 is z, class 0 is -z
+            return torch.where(k == 1, z[:, 0], -z[:, 0])
+        return z[torch.arange(z.shape[0], device=z.device), k]
+
+    def __call__(self, ctx):
+        z = ctx.output.reshape(ctx.output.shape[0], -1)
+        if ctx.output_kind == "probabilities":
+            return self._column(torch.log(z.clamp_min(1e-12)), ctx)
+        return self._column(z, ctx)
+
+
+class ClassLogProb(ClassLogit):
+    """The log-probability of class ``k``: raising it must also lower the other classes."""
+
+    def __init__(self, classes, names=None):
+        super().__init__(classes, names)
+        self.description = "log-probability of class " + ", ".join(self.names or map(str, self.classes.tolist()))
+
+    def __call__(self, ctx):
+        z = ctx.output.reshape(ctx.output.shape[0], -1)
+        if ctx.output_kind == "probabilities":
+            return self._column(torch.log(z.clamp_min(1e-12)), ctx)
+        if z.shape[1] == 1:
+            logp = torch.cat([F.logsigmoid(-z), F.logsigmoid(z)], 1)
+            k = _pick(self.classes.to(z.device), ctx.target)
+            return logp[torch.arange(z.shape[0], device=z.device), k]
+        return self._column(F.log_softmax(z, 1), ctx)
+
+
+class Diversity(Objective):
+    """Minus the mean cosine similarity of an image's Gram matrix to the others in its set.
+
+    The Gram matrix of a layer's activations describes its "style" regardless of where things
+    are; pushing the Grams of a diverse set apart gives different *kinds* of input, not shifts of
+    one (Olah et al. 2017, section "Diversity"). Images alone in their set score 0.
+    """
+
+    kind = "diversity"
+
+    def __init__(self, layer: str):
+        self.layer = str(layer)
+        self.layers = frozenset([self.layer])
+        self.description = f"diversity in {self.layer}"
+
+    def __call__(self, ctx):
+        a = ctx.acts[self.layer]
+        b, c = a.shape[:2]
+        flat = a.reshape(b, c, -1)
+        gram = torch.bmm(flat, flat.transpose(1, 2)).reshape(b, -1)
+        gram = F.normalize(gram, dim=1)
+        sim = gram @ gram.T
+        same = (ctx.group[:, None] == ctx.group[None, :]).to(sim.dtype)
+        same.fill_diagonal_(0)
+        count = same.sum(1).clamp(min=1)
+        return -(sim * same).sum(1) / count
+
+
+class Mix(Objective):
+    """``(1 - alpha) * a + alpha * b`` with one ``alpha`` per target: an interpolation path."""
+
+    kind = "interpolation"
+
+    def __init__(self, a: Objective, b: Objective, alphas):
+        if a.n != 1 or b.n != 1:
+            raise ValueError("interpolate between two single objectives")
+        self.a, self.b = a, b
+        self.alphas = torch.as_tensor(list(alphas), dtype=torch.float32)
+        self.n = len(self.alphas)
+        self.layers = a.layers | b.layers
+        self.needs_output = a.needs_output or b.needs_output
+        self.description = f"from {a!r} to {b!r}"
+
+    def __call__(self, ctx):
+        alpha = self.alphas.to(ctx.target.device)[ctx.target]
+        return (1 - alpha) * self.a(ctx) + alpha * self.b(ctx)
+
+
+# ---------------------------------------------------------------------------- short constructors
+def channel(layer: str, channels) -> Channel:
+    return Channel(layer, channels)
+
+
+def neuron(layer: str, channels, position: Sequence[int] | None = None) -> Neuron:
+    return Neuron(layer, channels, position)
+
+
+def layer(layer: str) -> LayerL2:
+    return LayerL2(layer)
+
+
+def direction(layer: str, vectors, *, cosine_power: float = 0.0, names=None) -> Direction:
+    return Direction(layer, vectors, cosine_power=cosine_power, names=names)
+
+
+def class_logit(classes, names=None) -> ClassLogit:
+    return ClassLogit(classes, names)
+
+
+def class_logprob(classes, names=None) -> ClassLogProb:
+    return ClassLogProb(classes, names)
+
+
+def diversity(layer: str) -> Diversity:
+    return Diversity(layer)
+
+
+def interpolate(a: Objective, b: Objective, frames: int = 6) -> Mix:
+    return Mix(a, b, torch.linspace(0, 1, frames).tolist())

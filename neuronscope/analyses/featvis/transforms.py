@@ -1,0 +1,175 @@
+"""Transformation robustness: small random changes applied to the image before every step.
+
+An image that keeps exciting a unit while it is padded, shifted, rescaled and rotated a little
+cannot rely on pixel-exact high-frequency patterns (Olah et al., "Feature Visualization",
+Distill 2017; Mordvintsev et al., "Inceptionism", 2015). Sizes here are **fractions of the
+image size**, so one recipe fits a 28x28 digit model and a 224x224 photo model alike.
+
+Every image in the batch gets its own random draw. The geometric transforms (jitter, scale,
+rotate) are fused into one affine warp (one ``affine_grid`` + ``grid_sample`` call for the whole
+batch), so a pipeline costs a pad, one warp and a crop, whatever its length. The output always
+has the input's spatial size: the model sees exactly the shape it expects.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+class Transform:
+    affine = False
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=g)
+
+
+class Pad(Transform):
+    """Pad by ``fraction`` of the size on every side (constant grey by default, or 'reflect')."""
+
+    def __init__(self, fraction: float = 12 / 224, mode: str = "constant", value: float = 0.5):
+        self.fraction, self.mode, self.value = fraction, mode, value
+
+    def pixels(self, size: int) -> int:
+        return max(1, round(self.fraction * size)) if self.fraction > 0 else 0
+
+    def __call__(self, x, g):
+        p = self.pixels(max(x.shape[-2:]))
+        if not p:
+            return x
+        if self.mode == "constant":
+            return F.pad(x, (p, p, p, p), mode="constant", value=self.value)
+        return F.pad(x, (p, p, p, p), mode=self.mode)
+
+
+class Affine(Transform):
+    """A random per-image affine map (3x3 matrices in normalized coordinates)."""
+
+    affine = True
+
+    def matrices(self, n: int, h: int, w: int, g: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, x, g):
+        return _warp(x, self.matrices(x.shape[0], x.shape[-2], x.shape[-1], g))
+
+
+class Jitter(Affine):
+    """Shift by a whole number of pixels, up to ``fraction`` of the size (at least 1), per image.
+
+    Whole pixels, as in Lucid: alone, the warp is then an exact shift, and patterns at the pixel
+    scale (a 1-pixel checkerboard) survive it; a sub-pixel shift would blur them away.
+    """
+
+    def __init__(self, fraction: float = 8 / 224):
+        self.fraction = fraction
+
+    def matrices(self, n, h, w, g):
+        j = max(1, round(self.fraction * max(h, w)))
+        m = torch.eye(3).repeat(n, 1, 1)
+        m[:, 0, 2] = torch.randint(-j, j + 1, (n,), generator=g) * 2.0 / w
+        m[:, 1, 2] = torch.randint(-j, j + 1, (n,), generator=g) * 2.0 / h
+        return m
+
+
+class RandomScale(Affine):
+    """Zoom by a factor drawn uniformly from ``[lo, hi]``."""
+
+    def __init__(self, lo: float = 0.95, hi: float = 1.05):
+        self.lo, self.hi = lo, hi
+
+    def matrices(self, n, h, w, g):
+        s = 1.0 / _uniform(n, self.lo, self.hi, g)  # grid coordinates shrink when the image grows
+        m = torch.eye(3).repeat(n, 1, 1)
+        m[:, 0, 0] = s
+        m[:, 1, 1] = s
+        return m
+
+
+class RandomRotate(Affine):
+    """Rotate by an angle drawn uniformly from ``[-degrees, degrees]``."""
+
+    def __init__(self, degrees: float = 5.0):
+        self.degrees = degrees
+
+    def matrices(self, n, h, w, g):
+        a = _uniform(n, -self.degrees, self.degrees, g) * math.pi / 180
+        m = torch.eye(3).repeat(n, 1, 1)
+        cos, sin = torch.cos(a), torch.sin(a)
+        aspect = h / w  # rotate in pixel space, not in the unit square
+        m[:, 0, 0], m[:, 0, 1] = cos, -sin * aspect
+        m[:, 1, 0], m[:, 1, 1] = sin / aspect, cos
+        return m
+
+
+def _warp(x: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
+    theta = matrices[:, :2, :].to(device=x.device, dtype=x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+class Compose(Transform):
+    """Apply transforms in order; consecutive affine ones become a single warp."""
+
+    def __init__(self, transforms: Sequence[Transform]):
+        self.transforms = list(transforms)
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        pending = None
+        for t in self.transforms:
+            if t.affine:
+                m = t.matrices(x.shape[0], x.shape[-2], x.shape[-1], g)
+                pending = m if pending is None else pending @ m
+                continue
+            if pending is not None:
+                x, pending = _warp(x, pending), None
+            x = t(x, g)
+        if pending is not None:
+            x = _warp(x, pending)
+        return _fit(x, h, w)
+
+    def __repr__(self) -> str:
+        return f"Compose({[type(t).__name__ for t in self.transforms]})"
+
+
+def _fit(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Centre-crop (or resize, if smaller) back to ``h x w``."""
+    H, W = x.shape[-2:]
+    if (H, W) == (h, w):
+        return x
+    if H >= h and W >= w:
+        top, left = (H - h) // 2, (W - w) // 2
+        return x[..., top : top + h, left : left + w]
+    return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+
+
+def standard() -> Compose:
+    """Lucid's standard robustness recipe with sizes relative to the image (224 px reference)."""
+    return Compose([Pad(12 / 224), Jitter(8 / 224), RandomScale(0.95, 1.05), RandomRotate(5.0), Jitter(4 / 224)])
+
+
+def none() -> Compose:
+    return Compose([])
+
+
+def make_transforms(spec) -> Compose:
+    """``"standard"``, ``"none"``/``None``, a :class:`Transform`, or a list of them."""
+    if spec is None or spec == "none":
+        return none()
+    if spec == "standard":
+        return standard()
+    if isinstance(spec, Compose):
+        return spec
+    if isinstance(spec, Transform):
+        return Compose([spec])
+    if isinstance(spec, (list, tuple)):
+        return Compose(spec)
+    raise ValueError(f"unknown transforms {spec!r}: use 'standard', 'none' or a list of transforms")

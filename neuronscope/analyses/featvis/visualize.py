@@ -1,0 +1,513 @@
+"""``visualize``: what input each unit, direction or class wants most, with the evidence beside it.
+
+One call renders, for every target (the units of a layer, one unit, one spatial neuron, a
+direction, a class), in one batched optimization each:
+
+- the **positive** visualization from ``seeds`` random starts (their agreement is measured),
+- optionally the **negative** one (what lowers the unit most),
+- optionally a **diverse** set (Gram-matrix diversity within the set),
+
+and the numbers that justify the pictures (:mod:`.evidence`): the score reached, its ratio to the
+largest real score, reachability and seed consistency. The result saves into a
+:class:`~neuronscope.store.Store` like every other analysis and renders on the unit pages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ...errors import NeuronscopeError, UnitOutOfRangeError, did_you_mean
+from ...imaging import input_rgb, tile_grid, upscale_nearest
+from ...subject import Subject
+from ...units import slug
+from . import objectives as O
+from .evidence import _pairwise_mean, real_maxima_from_data, real_maxima_from_store, seed_consistency, unit_scores
+from .param import IMAGENET_COLOUR, colour_matrix, magnitude_spectrum
+from .render import Rendering, render
+
+
+@dataclass
+class Target:
+    """One thing to visualize: its address, the single objective, and where its layer is."""
+
+    address: str
+    layer: str | None  # None for classes
+    index: int | None  # channel / class index
+    kind: str  # "channel", "neuron", "direction", "class"
+
+
+@dataclass
+class TargetResult:
+    target: Target
+    images: np.ndarray  # (seeds, C, H, W) raw, best first
+    values: np.ndarray  # (seeds,) objective on each
+    reachable: bool
+    reached: float | None = None  # score on the best image with the examples pass's reduction
+    real_max: float | None = None
+    consistency: dict = field(default_factory=dict)
+    negative: np.ndarray | None = None  # (1, C, H, W)
+    negative_value: float | None = None
+    negative_layer: str | None = None  # where the negative was read (before a ReLU)
+    diverse: np.ndarray | None = None  # (M, C, H, W)
+    diverse_values: np.ndarray | None = None
+
+    @property
+    def ratio(self) -> float | None:
+        if self.reached is None or not self.real_max or self.real_max <= 0:
+            return None
+        return self.reached / self.real_max
+
+
+@dataclass
+class Visualization:
+    """Everything ``visualize`` rendered; a Store section (tables, images, summary)."""
+
+    results: list[TargetResult]
+    value_range: tuple[float, float]
+    options: dict
+    reduce: str = "max"
+    seconds: float = 0.0
+
+    def __getitem__(self, address: str) -> TargetResult:
+        for r in self.results:
+            if r.target.address == address:
+                return r
+        raise KeyError(did_you_mean(address, [r.target.address for r in self.results], "target"))
+
+    def __iter__(self):
+        return iter(self.results)
+
+    def __len__(self):
+        return len(self.results)
+
+    # --- pictures -------------------------------------------------------------------------
+    def _pic(self, x: np.ndarray, size: int = 96) -> np.ndarray:
+        rgb = input_rgb(x, self.value_range)
+        return upscale_nearest(rgb, max(1, size // max(rgb.shape[:2])))
+
+    def strip(self, images: np.ndarray) -> np.ndarray:
+        return tile_grid(np.stack([self._pic(x) for x in images]), ncols=len(images), pad=2)
+
+    def grid(self) -> np.ndarray:
+        """The best positive image of every target (unreachable ones left blank)."""
+        tiles = []
+        for r in self.results:
+            p = self._pic(r.images[0])
+            tiles.append(p if r.reachable else np.full_like(p, 235))
+        return tile_grid(np.stack(tiles), pad=2)
+
+    def _repr_png_(self):  # notebooks show the grid
+        from ...imaging import png_bytes
+
+        return png_bytes(self.grid())
+
+    # --- Store protocol -------------------------------------------------------------------
+    def tables(self) -> dict[str, dict[str, list]]:
+        cols = ("address", "layer", "index", "kind", "value", "value_mean", "reachable", "reached", "real_max",
+                "ratio", "seed_features", "seed_pixels", "negative_value", "negative_layer", "diverse_similarity")
+        t: dict[str, list] = {c: [] for c in cols}
+        for r in self.results:
+            tg = r.target
+            t["address"].append(tg.address)
+            t["layer"].append(tg.layer)
+            t["index"].append(tg.index)
+            t["kind"].append(tg.kind)
+            t["value"].append(float(r.values[0]))
+            t["value_mean"].append(float(r.values.mean()))
+            t["reachable"].append(bool(r.reachable))
+            t["reached"].append(r.reached)
+            t["real_max"].append(r.real_max)
+            t["ratio"].append(r.ratio)
+            t["seed_features"].append(_nan_none(r.consistency.get("features")))
+            t["seed_pixels"].append(_nan_none(r.consistency.get("pixels")))
+            t["negative_value"].append(r.negative_value)
+            t["negative_layer"].append(r.negative_layer)
+            t["diverse_similarity"].append(_nan_none(r.consistency.get("diverse_features")))
+        return {"targets": t}
+
+    def images(self) -> dict[str, np.ndarray]:
+        out = {}
+        groups: dict[str, list[TargetResult]] = {}
+        for r in self.results:
+            name = picture_name(r.target)
+            out[f"{name}-pos"] = self.strip(r.images) if r.reachable else None
+            if r.negative is not None:
+                out[f"{name}-neg"] = self.strip(r.negative)
+            if r.diverse is not None:
+                out[f"{name}-div"] = self.strip(r.diverse)
+            groups.setdefault(slug(r.target.layer) if r.target.layer else "classes", []).append(r)
+        for group, rs in groups.items():
+            out[f"{group}/grid"] = Visualization(rs, self.value_range, self.options).grid()
+        return {k: v for k, v in out.items() if v is not None}
+
+    def summary(self) -> dict:
+        findings = []
+        for r in self.results:
+            if not r.reachable:
+                findings.append(f"{r.target.address} stayed at or below zero after the redirected warm-up: "
+                                "no input found that turns it on (reported as unreachable, no picture).")
+            elif r.ratio is not None and r.ratio > 3:
+                findings.append(f"{r.target.address}: the visualization reaches {r.ratio:.1f}x the unit's largest "
+                                "real activation: it shows the unit's mode, far from any real input.")
+        layers = sorted({r.target.layer for r in self.results if r.target.layer})
+        return {"targets": [r.target.address for r in self.results], "layers": layers, "options": self.options,
+                "reduce": self.reduce, "findings": findings[:20], "seconds": self.seconds,
+                "unreachable": [r.target.address for r in self.results if not r.reachable]}
+
+
+def picture_name(target: Target) -> str:
+    if target.kind == "class":
+        return f"classes/{target.index}"
+    if target.kind == "neuron":
+        return f"{slug(target.layer)}/{target.address.rsplit(':', 1)[1].replace('@', '-at-').replace(',', '-')}"
+    if target.kind == "direction":
+        return f"{slug(target.layer)}/{target.address.rsplit(':', 1)[1]}"
+    return f"{slug(target.layer)}/{target.index}"
+
+
+def _nan_none(v):
+    return None if v is None or (isinstance(v, float) and np.isnan(v)) else float(v)
+
+
+# ---------------------------------------------------------------------------------------------
+def _parse_targets(subject: Subject, what, directions: dict | None, units: Sequence[int] | None):
+    """Addresses -> (vectorized objective, list of Target). All targets must be of one kind/layer."""
+    if isinstance(what, str):
+        what = [what]
+    what = list(what)
+    if all(str(w).startswith("class:") for w in what):
+        names = subject.classes
+        if names is None:
+            raise NeuronscopeError("class visualizations need a classification model; this one is a regression model.")
+        idx = []
+        for w in what:
+            name = str(w).split(":", 1)[1]
+            if name in names:
+                idx.append(names.index(name))
+            elif name.isdigit() and int(name) < len(names):
+                idx.append(int(name))
+            else:
+                raise UnitOutOfRangeError(f"No class {name!r}: use one of {names} or an index 0..{len(names) - 1}. "
+                                          + did_you_mean(name, names, "class"))
+        return idx, [Target(f"class:{names[k]}", None, k, "class") for k in idx]
+    targets = []
+    for w in what:
+        unit = subject.resolve(w)
+        info = subject.layer(unit.layer)
+        if unit.direction is not None:
+            if not directions or unit.direction not in directions:
+                raise NeuronscopeError(f"{w}: give the direction's vector with directions={{'{unit.direction}': v}} "
+                                       f"(a vector of {info.channels} numbers).")
+            targets.append(Target(str(unit), info.name, None, "direction"))
+        elif unit.channel is None:
+            c = info.channels or 1
+            chosen = range(c) if units is None else units
+            for u in chosen:
+                if not 0 <= u < c:
+                    raise UnitOutOfRangeError(f"Unit {u} is out of range for layer {info.name!r}: use 0..{c - 1}.")
+                targets.append(Target(f"{info.name}:{u}", info.name, int(u), "channel"))
+        elif unit.position is not None:
+            targets.append(Target(str(unit), info.name, unit.channel, "neuron"))
+        else:
+            targets.append(Target(str(unit), info.name, unit.channel, "channel"))
+    kinds = {(t.kind, t.layer) for t in targets}
+    if len(kinds) > 1:
+        raise NeuronscopeError("visualize one kind of target in one layer per call (e.g. 'conv3', 'conv3:5' or "
+                               f"'class:cat'); got {sorted(str(k) for k in kinds)}.")
+    return None, targets
+
+
+def _objective(subject: Subject, targets: list[Target], class_idx, directions, class_objective: str):
+    kind, layer = targets[0].kind, targets[0].layer
+    if kind == "class":
+        make = O.class_logprob if class_objective == "logprob" else O.class_logit
+        return make(class_idx, names=[t.address for t in targets])
+    if kind == "direction":
+        vecs = np.stack([np.asarray(directions[t.address.rsplit(":", 1)[1]], dtype=np.float32) for t in targets])
+        return O.direction(layer, vecs, names=[t.address for t in targets])
+    if kind == "neuron":
+        positions = {subject.resolve(t.address).position for t in targets}
+        if len(positions) > 1:
+            raise NeuronscopeError("neurons visualized together must share one position; make one call per position.")
+        return O.neuron(layer, [t.index for t in targets], positions.pop())
+    return O.channel(layer, [t.index for t in targets])
+
+
+def _default_colour(subject: Subject, data, colour):
+    if colour is not None and not (isinstance(colour, str) and colour == "auto"):
+        return None if isinstance(colour, str) and colour == "none" else colour
+    c = subject.input_shape[0]
+    if data is not None and c > 1:
+        return colour_matrix(_sample(data, 256))
+    return IMAGENET_COLOUR if c == 3 else None
+
+
+def _sample(data, n: int) -> torch.Tensor:
+    lo, hi = data.value_range if hasattr(data, "value_range") else (0.0, 1.0)
+    xs = [torch.as_tensor(np.asarray(b.x), dtype=torch.float32) for b in data.batches(n, limit=n)]
+    return (torch.cat(xs) - lo) / (hi - lo)
+
+
+def _diversity_layer(subject: Subject, targets: list[Target]) -> str:
+    if targets[0].layer is not None:
+        return targets[0].layer
+    layers = [l for l in subject.default_layers() if l != subject.final_layer()]
+    return layers[-1] if layers else subject.default_layers()[-1]
+
+
+def visualize(
+    subject: Subject,
+    what,
+    *,
+    units: Sequence[int] | None = None,
+    data=None,
+    store=None,
+    seeds: int = 3,
+    negative: bool = True,
+    diverse: int = 0,
+    diversity_weight: float = 0.5,
+    steps: int = 256,
+    param: str = "fourier",
+    transforms="standard",
+    colour="auto",
+    decay_power: float = 1.0,
+    lr: float = 0.05,
+    directions: dict | None = None,
+    class_objective: str = "logit",
+    region="ball",
+    seed: int = 0,
+    progress: bool = True,
+) -> Visualization:
+    """Render what ``what`` wants most, with evidence.
+
+    ``what`` is a unit address or a list of them, all in one layer: ``"conv3"`` (every channel, or
+    ``units=[...]``), ``"conv3:5"`` (a channel), ``"conv3:5@4,4"`` (one spatial neuron),
+    ``"conv3:dir-1a2b3c4d"`` with ``directions={"dir-1a2b3c4d": vector}``, or ``"class:cat"``.
+    All targets render together in one batch per kind of picture. ``data`` (raw inputs) gives the
+    colour matrix (``colour="auto"``), the MACO magnitude spectrum (``param="maco"``) and, when
+    ``store`` holds no dataset-examples section, the units' largest real activations.
+
+    For models on numeric vectors the search stays inside ``region`` of the data (``"ball"``: a
+    Mahalanobis ball of radius 3 around the data's mean; ``"box"``: the columns' observed ranges;
+    or a :class:`~neuronscope.analyses.featvis.vector.Region`), and the answer is a row of column
+    values shown as a profile against the data's means (:class:`VectorVisualization`).
+    """
+    import time
+
+    if len(subject.input_shape) == 1:
+        return visualize_vectors(subject, what, units=units, data=data, store=store, region=region, seeds=seeds,
+                                 steps=steps, class_objective=class_objective, seed=seed, progress=progress)
+    if len(subject.input_shape) != 3:
+        raise NeuronscopeError(f"Feature visualization draws (C, H, W) images; this model takes {subject.input_shape}.")
+    if seeds < 1:
+        raise NeuronscopeError(f"seeds must be at least 1, got {seeds}.")
+    t0 = time.perf_counter()
+    class_idx, targets = _parse_targets(subject, what, directions, units)
+    objective = _objective(subject, targets, class_idx, directions, class_objective)
+    colour_m = _default_colour(subject, data, colour)
+    magnitude = magnitude_spectrum(_sample(data, 256)) if param == "maco" and data is not None else None
+    common = dict(param=param, transforms=transforms, steps=steps, lr=lr, colour=colour_m, decay_power=decay_power,
+                  magnitude=magnitude, progress=progress)
+    n, layer = len(targets), targets[0].layer
+    pos = render(subject, objective, replicas=seeds, seed=seed, desc=f"visualizing {n} target{'s' * (n > 1)}", **common)
+    neg = None
+    if negative:
+        neg_layer = pre_activation(subject, layer) if targets[0].kind in ("channel", "neuron") else layer
+        neg_obj = objective if neg_layer == layer else _objective(
+            subject, [Target(t.address, neg_layer, t.index, t.kind) for t in targets], class_idx, directions, class_objective)
+        neg = render(subject, -neg_obj, replicas=1, seed=seed + 7919, desc="negative", **common)
+    div = None
+    if diverse > 1:
+        scale = float(np.median(np.abs(pos.values))) or 1.0
+        obj = objective + (diversity_weight * scale) * O.diversity(_diversity_layer(subject, targets))
+        div = render(subject, obj, replicas=diverse, seed=seed + 104729, desc="diverse sets", **common)
+
+    reduce, real = "max", None
+    if layer is not None:
+        found = real_maxima_from_store(store, layer)
+        if found is not None:
+            real, reduce = found
+        elif data is not None:
+            real = real_maxima_from_data(subject, data, layer)
+    elif data is not None:
+        real = _class_maxima(subject, data)
+
+    results = []
+    for t, tg in enumerate(targets):
+        rows = pos.for_target(t)
+        order = rows[np.argsort(-pos.values[rows])]
+        images, values = pos.images[order], pos.values[order]
+        res = TargetResult(tg, images, values, reachable=_reachable(subject, tg, values[0]))
+        if tg.kind == "class":
+            with torch.no_grad():
+                res.reached = float(subject.logits(torch.as_tensor(images[:1]))[0].reshape(-1)[tg.index]) \
+                    if subject.output_dim > 1 else float(values[0])
+            res.real_max = real.get(tg.index) if real else None
+        elif tg.kind in ("channel", "neuron"):
+            res.reached = float(unit_scores(subject, layer, images[:1], reduce)[0, tg.index])
+            res.real_max = real.get(tg.index) if real else None
+        if seeds > 1:
+            res.consistency = seed_consistency(subject, layer or _diversity_layer(subject, targets), images)
+        if neg is not None:
+            i = neg.for_target(t)[0]
+            res.negative, res.negative_value = neg.images[i : i + 1], float(-neg.values[i])
+            res.negative_layer = neg_layer
+        if div is not None:
+            rows = div.for_target(t)
+            res.diverse, res.diverse_values = div.images[rows], div.values[rows]
+            res.consistency["diverse_features"] = seed_consistency(
+                subject, layer or _diversity_layer(subject, targets), res.diverse).get("features")
+        results.append(res)
+    options = dict(negative_layer=neg_layer if negative else None, steps=steps, seeds=seeds, param=param, transforms=str(transforms), lr=lr, decay_power=decay_power,
+                   diverse=diverse, negative=negative, colour="data" if data is not None and colour == "auto" else str(colour)[:20],
+                   class_objective=class_objective)
+    return Visualization(results, subject.value_range, options, reduce, time.perf_counter() - t0)
+
+
+def pre_activation(subject: Subject, layer: str) -> str:
+    """The layer feeding a ReLU-like one, when it has the same shape (e.g. ``bn3`` for ``relu3``).
+
+    A ReLU's output cannot go below zero, so "what lowers this unit most" is only informative
+    before the nonlinearity; otherwise the layer itself.
+    """
+    if not subject.is_relu_like(layer):
+        return layer
+    leaves = [i for i in subject.layers if i.is_leaf and i.output_shape]
+    idx = next(n for n, i in enumerate(leaves) if i.name == subject.layer(layer).name)
+    shape = leaves[idx].output_shape
+    for info in reversed(leaves[:idx]):
+        if info.output_shape != shape:
+            break
+        if not subject.is_relu_like(info.name):
+            return info.name
+    return layer
+
+
+def _reachable(subject: Subject, target: Target, best: float) -> bool:
+    if target.kind in ("channel", "neuron") and subject.is_relu_like(target.layer):
+        return bool(best > 1e-6)
+    return True
+
+
+def _class_maxima(subject: Subject, data, limit: int = 2048) -> dict[int, float]:
+    best = None
+    with torch.no_grad():
+        for b in data.batches(128, limit=limit):
+            z = subject.logits(b.x).reshape(len(b.x), -1).double().cpu().numpy()
+            if z.shape[1] == 1:  # one logit: class 1 is z, class 0 is -z
+                z = np.concatenate([-z, z], 1)
+            m = z.max(0)
+            best = m if best is None else np.maximum(best, m)
+    return {} if best is None else {k: float(v) for k, v in enumerate(best)}
+
+
+# --------------------------------------------------------------------------------------------- vectors
+@dataclass
+class VectorVisualization:
+    """``visualize`` on a model over numeric vectors: the best row per target, as a profile."""
+
+    results: list[TargetResult]  # images are (seeds, F) rows in the data's units
+    columns: list[str]
+    mean: np.ndarray
+    scale: np.ndarray
+    region: str
+    options: dict
+    reduce: str = "max"
+    seconds: float = 0.0
+
+    def __iter__(self):
+        return iter(self.results)
+
+    def __len__(self):
+        return len(self.results)
+
+    def __getitem__(self, address: str) -> TargetResult:
+        return Visualization.__getitem__(self, address)
+
+    def profile(self, address: str) -> list[tuple[str, float, float]]:
+        """(column, value, z against the data) of the best row, most unusual columns first."""
+        r = self[address]
+        z = (r.images[0] - self.mean) / np.where(self.scale > 0, self.scale, 1)
+        return sorted(zip(self.columns, r.images[0].tolist(), z.tolist()), key=lambda t: -abs(t[2]))
+
+    def tables(self):
+        t = Visualization.tables(self)
+        prof: dict[str, list] = {k: [] for k in ("address", "column", "value", "mean", "z")}
+        for r in self.results:
+            for column, value, z in self.profile(r.target.address):
+                prof["address"].append(r.target.address)
+                prof["column"].append(column)
+                prof["value"].append(float(value))
+                prof["mean"].append(float(self.mean[self.columns.index(column)]))
+                prof["z"].append(float(z))
+        return {**t, "profiles": prof}
+
+    def images(self):
+        return {}
+
+    def summary(self):
+        out = Visualization.summary(self)
+        out["vector_input"] = True
+        out["region"] = self.region
+        return out
+
+
+def visualize_vectors(subject: Subject, what, *, units=None, data=None, store=None, region="ball", seeds: int = 3,
+                      steps: int = 300, class_objective: str = "logit", seed: int = 0,
+                      progress: bool = True) -> VectorVisualization:
+    """Activation maximization for a vector model inside a region of its data (see ``vector``)."""
+    import time
+
+    from .vector import Region, maximize
+
+    t0 = time.perf_counter()
+    class_idx, targets = _parse_targets(subject, what, None, units)
+    objective = _objective(subject, targets, class_idx, None, class_objective)
+    if not isinstance(region, Region):
+        if data is None:
+            raise NeuronscopeError("Visualizing a model on vectors needs its data (data=...): the search stays "
+                                   "inside the data's range, or pass region=Region.box(lo, hi).")
+        rows = np.concatenate([np.asarray(b.x, dtype=np.float64) for b in data.batches(4096)])
+        region = Region.from_data(rows, kind=region)
+        if region.kind == "ball":
+            # Radius: the median of the rows' own Mahalanobis norms, so the answer is as far from the
+            # mean as a typical row. A fixed "3 sigma" is smaller than typical data in many
+            # dimensions (a typical norm is about sqrt(F)); an upper quantile lets heavy-tailed
+            # columns run far beyond their observed range.
+            u = np.linalg.solve(region.chol, (rows - region.mean).T)
+            region = Region.from_data(rows, kind="ball", radius=float(np.median(np.linalg.norm(u, axis=0))))
+    res = maximize(subject, objective, region, replicas=seeds, steps=steps, seed=seed, progress=progress)
+    layer = targets[0].layer
+    real, reduce = None, "max"
+    if layer is not None:
+        found = real_maxima_from_store(store, layer)
+        if found is not None:
+            real, reduce = found
+        elif data is not None:
+            real = real_maxima_from_data(subject, data, layer)
+    elif data is not None:
+        real = _class_maxima(subject, data)
+    results = []
+    for t, tg in enumerate(targets):
+        rows = np.flatnonzero(res.target == t)
+        order = rows[np.argsort(-res.values[rows])]
+        r = TargetResult(tg, res.x[order], res.values[order], reachable=_reachable(subject, tg, res.values[order][0]))
+        with torch.no_grad():
+            if tg.kind == "class":
+                z = subject.logits(torch.as_tensor(res.x[order[:1]])).reshape(1, -1)
+                r.reached = float(z[0, tg.index]) if z.shape[1] > 1 else float(res.values[order[0]])
+            else:
+                r.reached = float(unit_scores(subject, layer, res.x[order[:1]], reduce)[0, tg.index])
+        r.real_max = real.get(tg.index) if real else None
+        if seeds > 1:  # cosine similarity of the seeds' z-profiles (a vector's "pixels")
+            p = res.profile[order]
+            p = p / (np.linalg.norm(p, axis=1, keepdims=True) + 1e-12)
+            r.consistency = {"pixels": _pairwise_mean(p @ p.T)}
+        results.append(r)
+    options = dict(steps=steps, seeds=seeds, region=region.kind, radius=region.radius, class_objective=class_objective)
+    return VectorVisualization(results, list(res.columns), res.mean, res.scale, region.kind, options, reduce,
+                               time.perf_counter() - t0)

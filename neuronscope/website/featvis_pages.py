@@ -1,0 +1,44 @@
+"""The feature-visualization page and the visualization block of each unit page.
+
+Reads only the store's "featvis" section (the targets table and the pictures).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from ..store import Store
+from ..units import slug
+
+
+def _picture_base(row: dict) -> str:
+    if row["kind"] == "class":
+        return f"classes/{row['index']}"
+    tail = row["address"].rsplit(":", 1)[1]
+    if row["kind"] == "neuron":
+        tail = tail.replace("@", "-at-").replace(",", "-")
+    return f"{slug(row['layer'])}/{tail}"
+
+
+def context(store: Store) -> dict:
+    """Rows of the targets table with their pictures, by unit address and by layer."""
+    entry = store.sections()["featvis"]
+    images = entry.get("images", {})
+    table = store.table("featvis", "targets")
+    keys = list(table)
+    by_unit, layers, classes = {}, defaultdict(list), []
+    for vals in zip(*table.values()):
+        row = dict(zip(keys, vals))
+        base = _picture_base(row)
+        row["pictures"] = {kind: images[f"{base}-{kind}"] for kind in ("pos", "neg", "div") if f"{base}-{kind}" in images}
+        by_unit[row["address"]] = row
+        (classes if row["kind"] == "class" else layers[row["layer"]]).append(row)
+    if "profiles" in entry["tables"]:
+        prof = store.table("featvis", "profiles")
+        pk = list(prof)
+        for vals in zip(*prof.values()):
+            p = dict(zip(pk, vals))
+            by_unit[p["address"]].setdefault("profile", []).append(p)
+    grids = [{"layer": layer, "grid": images.get(f"{slug(layer)}/grid"), "units": rows} for layer, rows in layers.items()]
+    return {"fv": entry["summary"], "fv_by_unit": by_unit, "fv_layers": grids, "fv_classes": classes,
+            "fv_class_grid": images.get("classes/grid")}
