@@ -7,13 +7,16 @@ What did the network learn, which features does it care about, and why::
     data = ns.open_data("images/", input_shape=subject.input_shape)
     ns.filters(subject)                 # what the first layer looks for
     ns.activation_maps(subject, x)      # what every layer does with one input
+    ns.visualize(subject, "conv3:5", data=data)   # what input a unit wants most, with evidence
     ns.report(subject, data, "out/")    # everything, as a static site
 """
 
 __version__ = "0.1.0"
 
 from .analyses.activations import activation_maps, layer_stats  # noqa: E402
+from .analyses import featvis  # noqa: E402
 from .analyses.examples import examples  # noqa: E402
+from .analyses.featvis import accentuate, visualize  # noqa: E402
 from .analyses.filters import analyze_filters as filters  # noqa: E402
 from .analyses.overview import overview  # noqa: E402
 from .analyses.sanity import sanity  # noqa: E402
@@ -26,7 +29,7 @@ from .subject import Subject  # noqa: E402
 from .units import Unit, parse_unit  # noqa: E402
 
 __all__ = [
-    "NeuronscopeError", "ReportOptions", "Store", "Subject", "Unit", "activation_maps", "analyze", "examples",
-    "filters", "layer_stats", "load_model", "open_data", "overview", "parse_unit", "report", "sanity",
+    "NeuronscopeError", "ReportOptions", "Store", "Subject", "Unit", "accentuate", "activation_maps", "analyze",
+    "examples", "featvis", "filters", "layer_stats", "load_model", "open_data", "overview", "parse_unit", "report", "sanity", "visualize",
     "__version__",
 ]

@@ -10,8 +10,11 @@ Composable pieces in the manner of Lucid (Olah et al., "Feature Visualization", 
 from . import objectives, transforms
 from .accentuate import Accentuation, accentuate
 from .objectives import Objective
+from .param import colour_matrix, magnitude_spectrum
 from .render import Rendering, render
-from .visualize import Visualization, visualize
+from .vector import Region, VectorResult, maximize
+from .visualize import VectorVisualization, Visualization, visualize
 
-__all__ = ["Accentuation", "Objective", "Rendering", "Visualization", "accentuate", "objectives", "render",
-           "transforms", "visualize"]
+__all__ = ["Accentuation", "Objective", "Region", "Rendering", "VectorResult", "VectorVisualization", "Visualization",
+           "accentuate", "colour_matrix", "magnitude_spectrum", "maximize", "objectives", "render", "transforms",
+           "visualize"]

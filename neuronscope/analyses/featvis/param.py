@@ -26,7 +26,6 @@ common to the whole batch (used for interpolations, where neighbouring frames sh
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -181,13 +180,15 @@ class PhaseParam(ImageParam):
         if magnitude.shape != (c, h, w // 2 + 1):
             raise ValueError(f"magnitude must be {(c, h, w // 2 + 1)} for inputs {self.shape}, got {tuple(magnitude.shape)}")
         self.magnitude = magnitude.to(self.device)
-        self.phase = (torch.rand(self.batch, c, h, w // 2 + 1, generator=self.generator) * 2 * math.pi - math.pi).to(self.device)
-        self.phase.requires_grad_(True)
-        self.tensors.append(self.phase)
+        # The phase is that of a learned real image's spectrum: unlike free angles it is
+        # conjugate-symmetric where rfft2 needs it to be (columns 0 and W/2), so irfft2 keeps the
+        # whole amplitude spectrum exactly.
+        self.source = self._randn(self.batch, c, h, w, scale=1.0)
 
     def _spatial(self) -> torch.Tensor:
         _, h, w = self.shape
-        z = torch.polar(self.magnitude.expand_as(self.phase), self.phase)
+        s = torch.fft.rfft2(self.source, norm="ortho")
+        z = self.magnitude * s / (s.abs() + 1e-8)
         x = torch.fft.irfft2(z, s=(h, w), norm="ortho")
         x = x - x.mean(dim=(1, 2, 3), keepdim=True)
         return 2.0 * x / (x.std(dim=(1, 2, 3), keepdim=True) + 1e-8)

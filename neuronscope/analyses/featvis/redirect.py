@@ -9,8 +9,8 @@ gradient takes over. It is only used for the first steps (the warm-up); the forw
 the real ones throughout.
 
 The swap is a :class:`torch.overrides.TorchFunctionMode`, so it covers ``nn.ReLU`` modules,
-``F.relu`` and ``torch.relu`` calls and ``Tensor.relu`` methods alike (in-place forms included;
-they return a new tensor while the mode is active), without touching the user's model.
+``F.relu`` and ``torch.relu`` calls and ``Tensor.relu`` methods alike, in-place forms included
+(they still rectify the caller's tensor), without touching the user's model.
 """
 
 from __future__ import annotations
@@ -20,26 +20,49 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 
+def _redirected_grad(grad: torch.Tensor, on: torch.Tensor) -> torch.Tensor:
+    """``on`` marks where the input was positive."""
+    ordinary = grad * on
+    # Of the blocked components keep those whose descent step raises x (grad of -objective < 0).
+    redirected = torch.where(~on & (grad > 0), torch.zeros_like(grad), grad)
+    if grad.ndim == 0:
+        return ordinary if bool(ordinary.ne(0).any()) else redirected
+    alive = ordinary.reshape(ordinary.shape[0], -1).ne(0).any(1)
+    alive = alive.reshape(-1, *([1] * (grad.ndim - 1)))
+    return torch.where(alive, ordinary, redirected)
+
+
 class _RedirectedReLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x.clamp(min=0)
+        on = x > 0
+        ctx.save_for_backward(on)
+        return x * on
 
     @staticmethod
     def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        ordinary = grad * (x > 0)
-        # Of the blocked components keep those whose descent step raises x (grad of -objective < 0).
-        redirected = torch.where((x <= 0) & (grad > 0), torch.zeros_like(grad), grad)
-        if x.ndim == 0:
-            return ordinary if bool(ordinary.ne(0).any()) else redirected
-        alive = ordinary.reshape(ordinary.shape[0], -1).ne(0).any(1)
-        alive = alive.reshape(-1, *([1] * (x.ndim - 1)))
-        return torch.where(alive, ordinary, redirected)
+        (on,) = ctx.saved_tensors
+        return _redirected_grad(grad, on)
 
 
-_RELUS = {F.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_, F.relu_}
+class _RedirectedReLUInPlace(torch.autograd.Function):
+    """The in-place form: the caller's tensor is rectified, as the real ``relu_`` would."""
+
+    @staticmethod
+    def forward(ctx, x):
+        on = x > 0
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(on)
+        return x.clamp_(min=0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (on,) = ctx.saved_tensors
+        return _redirected_grad(grad, on)
+
+
+_RELUS = {F.relu, torch.relu, torch.Tensor.relu}
+_RELUS_IN_PLACE = {torch.relu_, torch.Tensor.relu_, F.relu_}
 
 
 class RedirectedReLU(TorchFunctionMode):
@@ -47,6 +70,10 @@ class RedirectedReLU(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func in _RELUS and args and isinstance(args[0], torch.Tensor) and args[0].is_floating_point():
-            return _RedirectedReLU.apply(args[0])
+        if args and isinstance(args[0], torch.Tensor) and args[0].is_floating_point():
+            in_place = func in _RELUS_IN_PLACE or (func is F.relu and (kwargs.get("inplace") or args[1:2] == (True,)))
+            if in_place:
+                return _RedirectedReLUInPlace.apply(args[0])
+            if func in _RELUS:
+                return _RedirectedReLU.apply(args[0])
         return func(*args, **kwargs)

@@ -65,8 +65,10 @@ class Tap:
                 if address is None:
                     return
                 t, _ = first_tensor(output)
-                self.acts[address] = t
-                if self.truncate and len(self.acts) == len(self.infos):
+                last = self.truncate and len(self.acts) + 1 == len(self.infos)
+                # A copy unless the pass stops right here: a later in-place op would overwrite it.
+                self.acts[address] = t if last else t.clone()
+                if last:
                     raise _Enough
             return fn
 
@@ -163,6 +165,7 @@ def render(
     steps: int = 256,
     lr: float = 0.05,
     warmup: int = 16,
+    rescue: bool = False,
     seed: int = 0,
     colour=None,
     decay_power: float = 1.0,
@@ -179,7 +182,9 @@ def render(
     with that many images. ``penalty(images01) -> (B,)`` is subtracted from the objective (used
     by accentuation to stay close to a real input). ``monitor(step, images01, logits)`` is called
     after each forward pass (logits when the objective reads the output). Image ``b`` serves
-    target ``b // replicas``.
+    target ``b // replicas``. With ``rescue``, the redirected gradient stays on after the warm-up,
+    up to three quarters of the steps, while any image's objective is still at or below zero (a
+    unit that the near-grey start leaves switched off everywhere).
     """
     import time
 
@@ -210,7 +215,8 @@ def render(
                 opt.zero_grad(set_to_none=True)
                 images = p()
                 x = to_range(tf(images, g), subject.value_range)
-                if step < warmup:
+                stuck = rescue and step < (3 * steps) // 4 and step > 0 and bool((history[step - 1] <= 0).any())
+                if step < warmup or stuck:
                     with RedirectedReLU():
                         acts, z = tap.run(x)
                 else:

@@ -249,7 +249,7 @@ def _check(subject: Subject, region: Region, replicas: int, steps: int) -> None:
         raise UnsupportedError(
             f"featvis.vector.maximize is for models on plain numeric vectors (input_shape (F,)); "
             f"this model takes inputs of shape {shape}. For images use the image renderer, "
-            "neuronscope.analyses.featvis.render.render."
+            "neuronscope.visualize (or neuronscope.featvis.render)."
         )
     if not isinstance(region, Region):
         raise NeuronscopeError(f"region must be a Region (Region.box, Region.ball or Region.from_data); "

@@ -26,7 +26,7 @@ from ...subject import Subject
 from ...units import slug
 from . import objectives as O
 from .evidence import _pairwise_mean, real_maxima_from_data, real_maxima_from_store, seed_consistency, unit_scores
-from .param import IMAGENET_COLOUR, colour_matrix, magnitude_spectrum
+from .param import IMAGENET_COLOUR, PixelParam, colour_matrix, magnitude_spectrum
 from .render import Rendering, render
 
 
@@ -52,6 +52,8 @@ class TargetResult:
     negative: np.ndarray | None = None  # (1, C, H, W)
     negative_value: float | None = None
     negative_layer: str | None = None  # where the negative was read (before a ReLU)
+    start: str = "noise"  # "random input": restarted from the random inputs that turn it on most
+    turned_on_by: str | None = None  # when the optimizer failed: "data" or "random inputs" still turn it on
     diverse: np.ndarray | None = None  # (M, C, H, W)
     diverse_values: np.ndarray | None = None
 
@@ -108,7 +110,8 @@ class Visualization:
     # --- Store protocol -------------------------------------------------------------------
     def tables(self) -> dict[str, dict[str, list]]:
         cols = ("address", "layer", "index", "kind", "value", "value_mean", "reachable", "reached", "real_max",
-                "ratio", "seed_features", "seed_pixels", "negative_value", "negative_layer", "diverse_similarity")
+                "ratio", "seed_features", "seed_pixels", "negative_value", "negative_layer", "diverse_similarity",
+                "turned_on_by", "start")
         t: dict[str, list] = {c: [] for c in cols}
         for r in self.results:
             tg = r.target
@@ -126,6 +129,8 @@ class Visualization:
             t["seed_pixels"].append(_nan_none(r.consistency.get("pixels")))
             t["negative_value"].append(r.negative_value)
             t["negative_layer"].append(r.negative_layer)
+            t["turned_on_by"].append(r.turned_on_by)
+            t["start"].append(r.start)
             t["diverse_similarity"].append(_nan_none(r.consistency.get("diverse_features")))
         return {"targets": t}
 
@@ -147,16 +152,20 @@ class Visualization:
     def summary(self) -> dict:
         findings = []
         for r in self.results:
-            if not r.reachable:
-                findings.append(f"{r.target.address} stayed at or below zero after the redirected warm-up: "
-                                "no input found that turns it on (reported as unreachable, no picture).")
+            if not r.reachable and r.turned_on_by:
+                findings.append(f"{r.target.address}: the optimizer did not turn it on, although {r.turned_on_by} do; "
+                                "no picture (rerun it with more steps or another seed).")
+            elif not r.reachable:
+                findings.append(f"{r.target.address} is unreachable: it stayed at or below zero after the redirected "
+                                "warm-up, and no real or random input turns it on (no picture).")
             elif r.ratio is not None and r.ratio > 3:
                 findings.append(f"{r.target.address}: the visualization reaches {r.ratio:.1f}x the unit's largest "
                                 "real activation: it shows the unit's mode, far from any real input.")
         layers = sorted({r.target.layer for r in self.results if r.target.layer})
         return {"targets": [r.target.address for r in self.results], "layers": layers, "options": self.options,
                 "reduce": self.reduce, "findings": findings[:20], "seconds": self.seconds,
-                "unreachable": [r.target.address for r in self.results if not r.reachable]}
+                "unreachable": [r.target.address for r in self.results if not r.reachable and not r.turned_on_by],
+                "not_reached": [r.target.address for r in self.results if not r.reachable and r.turned_on_by]}
 
 
 def picture_name(target: Target) -> str:
@@ -313,7 +322,10 @@ def visualize(
     common = dict(param=param, transforms=transforms, steps=steps, lr=lr, colour=colour_m, decay_power=decay_power,
                   magnitude=magnitude, progress=progress)
     n, layer = len(targets), targets[0].layer
-    pos = render(subject, objective, replicas=seeds, seed=seed, desc=f"visualizing {n} target{'s' * (n > 1)}", **common)
+    unit_kind = targets[0].kind in ("channel", "neuron")
+    pos = render(subject, objective, replicas=seeds, seed=seed, rescue=unit_kind,
+                 desc=f"visualizing {n} target{'s' * (n > 1)}", **common)
+    restarted = _restart_stuck(subject, targets, class_idx, pos, seeds, seed, common) if unit_kind else set()
     neg = None
     if negative:
         neg_layer = pre_activation(subject, layer) if targets[0].kind in ("channel", "neuron") else layer
@@ -341,7 +353,10 @@ def visualize(
         rows = pos.for_target(t)
         order = rows[np.argsort(-pos.values[rows])]
         images, values = pos.images[order], pos.values[order]
-        res = TargetResult(tg, images, values, reachable=_reachable(subject, tg, values[0]))
+        res = TargetResult(tg, images, values, reachable=_reachable(subject, tg, values[0]),
+                           start="random input" if t in restarted else "noise")
+        if not res.reachable:
+            res.turned_on_by = _turned_on_by(subject, tg, real)
         if tg.kind == "class":
             with torch.no_grad():
                 res.reached = float(subject.logits(torch.as_tensor(images[:1]))[0].reshape(-1)[tg.index]) \
@@ -385,6 +400,49 @@ def pre_activation(subject: Subject, layer: str) -> str:
         if not subject.is_relu_like(info.name):
             return info.name
     return layer
+
+
+def _restart_stuck(subject: Subject, targets: list[Target], class_idx, pos: Rendering, seeds: int, seed: int,
+                   common: dict, n: int = 256) -> set[int]:
+    """Re-render units the optimizer left off everywhere, starting from random inputs that turn them on.
+
+    The near-grey start can sit where a unit's pre-activation is negative at every position and
+    the redirected gradient of its *mean* cannot lift any one position above zero; random
+    inputs often do. Such units restart (pixel basis) from the ``seeds`` random inputs that excite
+    them most. Rows of ``pos`` are replaced in place; returns the restarted target numbers.
+    """
+    layer = targets[0].layer
+    if not subject.is_relu_like(layer):
+        return set()
+    best = np.array([pos.values[pos.for_target(t)].max() for t in range(len(targets))])
+    stuck = np.flatnonzero(best <= 1e-6)
+    if not len(stuck):
+        return set()
+    x = subject.sample_input(n, seed=seed + 1)
+    scores = unit_scores(subject, layer, x, "max")
+    restart = [t for t in stuck if scores[:, targets[t].index].max() > 0]
+    if not restart:
+        return set()
+    starts = torch.cat([x[np.argsort(-scores[:, targets[t].index])[:seeds]] for t in restart])
+    lo, hi = subject.value_range
+    param = PixelParam(len(starts), subject.input_shape, init=(starts - lo) / (hi - lo), device=subject.device, seed=seed)
+    sub = _objective(subject, [targets[t] for t in restart], class_idx, None, "logit")
+    opts = {k: v for k, v in common.items() if k not in ("param", "colour", "decay_power", "magnitude")}
+    again = render(subject, sub, replicas=seeds, param=param, seed=seed, desc="restarting stuck units", **opts)
+    for j, t in enumerate(restart):
+        rows, new = pos.for_target(t), again.for_target(j)
+        pos.images[rows], pos.values[rows] = again.images[new], again.values[new]
+    return set(restart)
+
+
+def _turned_on_by(subject: Subject, target: Target, real: dict | None, n: int = 256) -> str | None:
+    """Whether anything turns on a unit the optimizer could not: real data, or random inputs."""
+    if real and real.get(target.index, 0) > 0:
+        return "data"
+    x = subject.sample_input(n, seed=1)
+    if float(unit_scores(subject, target.layer, x, "max")[:, target.index].max()) > 0:
+        return "random inputs"
+    return None
 
 
 def _reachable(subject: Subject, target: Target, best: float) -> bool:
