@@ -157,7 +157,12 @@ def analyze(subject, data, out: str | Path, options: ReportOptions | None = None
 
 
 def _feature_visualizations(subject, data, store, layers, opts):
-    """Feature visualizations of the first units of each layer and of every class, as one section."""
+    """Feature visualizations of each layer's most telling units and of every class, as one section.
+
+    Units come in order of interest from the dataset-examples pass when it ran: units that always
+    peak at one fixed place first (also drawn as the neuron at that place), then the most
+    class-selective, then the rest by index.
+    """
     import dataclasses
 
     from .analyses.featvis.visualize import visualize
@@ -167,21 +172,49 @@ def _feature_visualizations(subject, data, store, layers, opts):
     common = dict(data=data, store=store, seeds=opts.featvis_seeds, steps=opts.featvis_steps, progress=opts.progress)
     if len(subject.input_shape) == 3:
         common["diverse"] = opts.featvis_diverse
-    jobs = [(layer, None) for layer in layers if layer != final]
+    ranked = _units_by_interest(store)
+    for layer in layers:
+        if layer == final:
+            continue
+        c = subject.layer(layer).channels or 1
+        n = c if opts.featvis_units is None else min(c, opts.featvis_units)
+        order = ranked.get(layer, {})
+        units = sorted(range(c), key=lambda u: order.get(u, (2, 0, u)))[:n]
+        _say(f"feature visualization: {n} units of {layer}...", opts.progress)
+        v = visualize(subject, layer, units=units, **common)
+        results += v.results
+        seconds += v.seconds
+        places: dict[str, list[int]] = {}
+        for u in units:
+            if order.get(u, (2,))[0] == 0 and len(subject.input_shape) == 3:
+                places.setdefault(order[u][3], []).append(u)
+        for place, us in places.items():
+            fixed = visualize(subject, [f"{layer}:{u}@{place}" for u in us], **{**common, "diverse": 0}, negative=False)
+            results += fixed.results
+            seconds += fixed.seconds
     if subject.task == "classification":
-        jobs.append((None, [f"class:{c}" for c in subject.classes]))
-    for layer, classes in jobs:
-        if classes is None:
-            c = subject.layer(layer).channels or 1
-            units = list(range(c if opts.featvis_units is None else min(c, opts.featvis_units)))
-            _say(f"feature visualization: {len(units)} units of {layer}...", opts.progress)
-            v = visualize(subject, layer, units=units, **common)
-        else:
-            _say("feature visualization: classes...", opts.progress)
-            v = visualize(subject, classes, **common)
+        _say("feature visualization: classes...", opts.progress)
+        v = visualize(subject, [f"class:{c}" for c in subject.classes], **common)
         results += v.results
         seconds += v.seconds
     return dataclasses.replace(v, results=results, seconds=seconds)
+
+
+def _units_by_interest(store) -> dict[str, dict[int, tuple]]:
+    """Per layer, a sort key per unit: fixed-place units, then class-selective ones, then the rest."""
+    if not store.has("examples"):
+        return {}
+    t = store.table("examples", "units")
+    out: dict[str, dict[int, tuple]] = {}
+    for layer, u, share, peak, sel in zip(t["layer"], t["index"], t["peak_share"], t["peak_at"], t["selectivity"]):
+        if share is not None and share >= 0.8 and peak:
+            key = (0, -share, u, peak)
+        elif sel is not None and sel >= 0.5:
+            key = (1, -sel, u)
+        else:
+            key = (2, 0, u)
+        out.setdefault(layer, {})[int(u)] = key
+    return out
 
 
 def report(subject, data, out: str | Path, options: ReportOptions | None = None) -> Path:

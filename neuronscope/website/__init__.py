@@ -76,7 +76,7 @@ def render_site(root: str | os.PathLike) -> Path:
               "table": lambda section, name: _rows(store.table(section, name))
               if name in sections.get(section, {}).get("tables", {}) else []}
     extra = unit_pages.context(store) if "examples" in sections else {}
-    extra.update(featvis_pages.context(store) if "featvis" in sections else {"fv_by_unit": {}})
+    extra.update(featvis_pages.context(store) if "featvis" in sections else {"fv_by_unit": {}, "fv_fixed": {}})
     for section, file, title in PAGES:
         if section not in sections:
             continue

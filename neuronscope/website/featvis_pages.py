@@ -26,11 +26,14 @@ def context(store: Store) -> dict:
     images = entry.get("images", {})
     table = store.table("featvis", "targets")
     keys = list(table)
-    by_unit, layers, classes = {}, defaultdict(list), []
+    by_unit, layers, classes, fixed = {}, defaultdict(list), [], {}
     for vals in zip(*table.values()):
         row = dict(zip(keys, vals))
         base = _picture_base(row)
         row["pictures"] = {kind: images[f"{base}-{kind}"] for kind in ("pos", "neg", "div") if f"{base}-{kind}" in images}
+        if row["kind"] == "neuron":  # a unit drawn at its fixed place: shown on the unit's page
+            fixed[row["address"].split("@")[0]] = row
+            continue
         by_unit[row["address"]] = row
         (classes if row["kind"] == "class" else layers[row["layer"]]).append(row)
     if "profiles" in entry["tables"]:
@@ -40,5 +43,5 @@ def context(store: Store) -> dict:
             p = dict(zip(pk, vals))
             by_unit[p["address"]].setdefault("profile", []).append(p)
     grids = [{"layer": layer, "grid": images.get(f"{slug(layer)}/grid"), "units": rows} for layer, rows in layers.items()]
-    return {"fv": entry["summary"], "fv_by_unit": by_unit, "fv_layers": grids, "fv_classes": classes,
+    return {"fv": entry["summary"], "fv_by_unit": by_unit, "fv_fixed": fixed, "fv_layers": grids, "fv_classes": classes,
             "fv_class_grid": images.get("classes/grid")}

@@ -111,7 +111,7 @@ class Visualization:
     def tables(self) -> dict[str, dict[str, list]]:
         cols = ("address", "layer", "index", "kind", "value", "value_mean", "reachable", "reached", "real_max",
                 "ratio", "seed_features", "seed_pixels", "negative_value", "negative_layer", "diverse_similarity",
-                "turned_on_by", "start")
+                "turned_on_by", "start", "diverse_min_share")
         t: dict[str, list] = {c: [] for c in cols}
         for r in self.results:
             tg = r.target
@@ -131,6 +131,8 @@ class Visualization:
             t["negative_layer"].append(r.negative_layer)
             t["turned_on_by"].append(r.turned_on_by)
             t["start"].append(r.start)
+            t["diverse_min_share"].append(
+                float(r.diverse_values.min() / r.values[0]) if r.diverse_values is not None and r.values[0] > 0 else None)
             t["diverse_similarity"].append(_nan_none(r.consistency.get("diverse_features")))
         return {"targets": t}
 
@@ -144,7 +146,8 @@ class Visualization:
                 out[f"{name}-neg"] = self.strip(r.negative)
             if r.diverse is not None:
                 out[f"{name}-div"] = self.strip(r.diverse)
-            groups.setdefault(slug(r.target.layer) if r.target.layer else "classes", []).append(r)
+            group = "classes" if r.target.layer is None else slug(r.target.layer) + ("-neurons" if r.target.kind == "neuron" else "")
+            groups.setdefault(group, []).append(r)
         for group, rs in groups.items():
             out[f"{group}/grid"] = Visualization(rs, self.value_range, self.options).grid()
         return {k: v for k, v in out.items() if v is not None}
@@ -278,7 +281,7 @@ def visualize(
     seeds: int = 3,
     negative: bool = True,
     diverse: int = 0,
-    diversity_weight: float = 0.5,
+    diversity_weight: float = 0.15,
     steps: int = 256,
     param: str = "fourier",
     transforms="standard",
