@@ -18,8 +18,8 @@ DESCRIPTION = """\
 neuronscope: a microscope for your own PyTorch model.
 
 Shows what a trained network learned, with evidence: what its first layer looks for, what every
-layer does with an input, which units are dead, and (in later releases) which real inputs excite
-each unit, what input each unit wants most, and which parts of an input drove a decision.
+layer does with an input, which units are dead, which real inputs excite each unit, and what
+input each unit and class wants most (with the numbers that say how far to trust the picture).
 """
 
 EPILOG = """\
@@ -196,6 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Serve a written report over HTTP on the loopback interface only.")
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--port", type=int, default=8000)
+    for p in sub.choices.values():  # one-paragraph descriptions, wrapped like the rest of the help
+        if p.description and "\n" not in p.description:
+            p.description = textwrap.fill(p.description, 100)
+        if p.epilog and "\n" not in p.epilog:
+            p.epilog = textwrap.fill(p.epilog, 100)
     return parser
 
 

@@ -32,6 +32,10 @@ class DataError(NeuronscopeError, ValueError):
     pass
 
 
+class OptionError(NeuronscopeError, ValueError):
+    """An option or argument that cannot work (an unknown name, sizes that do not fit)."""
+
+
 class ModelLoadError(NeuronscopeError):
     pass
 

@@ -2,7 +2,6 @@
 ReLUs that start switched off still move, the model is left untouched, and the CLI and report
 wire it up. Small seeded models, 16x16 to 32x32 images, 8 to 128 steps."""
 
-import copy
 import importlib
 import textwrap
 

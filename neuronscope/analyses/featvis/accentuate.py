@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ...errors import OptionError
 from ...subject import Subject
 from .objectives import ClassLogit, Objective
 from .param import PixelParam, from_range
@@ -65,7 +66,7 @@ def accentuate(subject: Subject, objective: Objective, inputs, *, strength: floa
         x0 = x0[None]
     b = x0.shape[0]
     if objective.n not in (1, b):
-        raise ValueError(f"the objective has {objective.n} targets for {b} inputs: give one target or one per input")
+        raise OptionError(f"the objective has {objective.n} targets for {b} inputs: give one target or one per input")
     obj = objective if objective.n == b else _Broadcast(objective, b)
     init01 = from_range(x0, subject.value_range).clamp(0, 1)
     param = PixelParam(b, subject.input_shape, init=init01, device=subject.device, seed=seed)

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ...errors import OptionError
+
 
 @dataclass
 class Context:
@@ -101,7 +103,7 @@ class Sum(Objective):
             flat.extend(p.parts if isinstance(p, Sum) else [p])
         sizes = {p.n for p in flat if p.n > 1}
         if len(sizes) > 1:
-            raise ValueError(f"cannot add vectorized objectives of different sizes {sorted(sizes)}")
+            raise OptionError(f"cannot add vectorized objectives of different sizes {sorted(sizes)}")
         self.parts = flat
         self.n = sizes.pop() if sizes else 1
         self.layers = frozenset().union(*(p.layers for p in flat))
@@ -212,7 +214,7 @@ class Direction(Objective):
         b = a.shape[0]
         v = self.vectors.to(device=a.device, dtype=a.dtype)
         if v.shape[1] != a.shape[1]:
-            raise ValueError(f"direction has {v.shape[1]} components but layer {self.layer!r} has {a.shape[1]} channels")
+            raise OptionError(f"direction has {v.shape[1]} components but layer {self.layer!r} has {a.shape[1]} channels")
         v = v[ctx.target] if self.n > 1 else v.expand(b, -1)
         flat = a.reshape(b, a.shape[1], -1)  # (B, C, P)
         dot = torch.einsum("bcp,bc->bp", flat, v)
@@ -300,7 +302,7 @@ class Mix(Objective):
 
     def __init__(self, a: Objective, b: Objective, alphas):
         if a.n != 1 or b.n != 1:
-            raise ValueError("interpolate between two single objectives")
+            raise OptionError("interpolate between two single objectives")
         self.a, self.b = a, b
         self.alphas = torch.as_tensor(list(alphas), dtype=torch.float32)
         self.n = len(self.alphas)

@@ -31,6 +31,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ...errors import OptionError
+
 #: Square root of the RGB covariance of ImageNet photographs (columns: decorrelated axes), as
 #: published with Lucid. Used when the model takes 3 channels and no data is given.
 IMAGENET_COLOUR = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
@@ -80,14 +82,14 @@ class ImageParam:
         self.batch = int(batch)
         self.shape = tuple(int(s) for s in shape)
         if len(self.shape) != 3:
-            raise ValueError(f"image parameterizations need (C, H, W), got {self.shape}")
+            raise OptionError(f"image parameterizations need (C, H, W), got {self.shape}")
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.generator = torch.Generator().manual_seed(int(seed))
         c = self.shape[0]
         if colour is not None:
             colour = torch.as_tensor(colour, dtype=torch.float32)
             if colour.shape != (c, c):
-                raise ValueError(f"colour matrix must be {c}x{c} for {c}-channel inputs, got {tuple(colour.shape)}")
+                raise OptionError(f"colour matrix must be {c}x{c} for {c}-channel inputs, got {tuple(colour.shape)}")
             self.colour = colour.to(self.device)
         else:
             self.colour = None
@@ -178,7 +180,7 @@ class PhaseParam(ImageParam):
         c, h, w = self.shape
         magnitude = torch.as_tensor(magnitude, dtype=torch.float32)
         if magnitude.shape != (c, h, w // 2 + 1):
-            raise ValueError(f"magnitude must be {(c, h, w // 2 + 1)} for inputs {self.shape}, got {tuple(magnitude.shape)}")
+            raise OptionError(f"magnitude must be {(c, h, w // 2 + 1)} for inputs {self.shape}, got {tuple(magnitude.shape)}")
         self.magnitude = magnitude.to(self.device)
         # The phase is that of a learned real image's spectrum: unlike free angles it is
         # conjugate-symmetric where rfft2 needs it to be (columns 0 and W/2), so irfft2 keeps the
@@ -203,9 +205,9 @@ def make_param(kind: str, batch: int, shape: Sequence[int], *, colour=None, deca
         return PixelParam(batch, shape, colour=colour, device=device, seed=seed)
     if kind == "maco":
         if magnitude is None:
-            raise ValueError("the phase-only (MACO) parameterization needs a magnitude spectrum: pass data")
+            raise OptionError("the phase-only (MACO) parameterization needs the data's amplitude spectrum: pass data (--data)")
         return PhaseParam(batch, shape, magnitude=magnitude, colour=colour, device=device, seed=seed)
-    raise ValueError(f"unknown parameterization {kind!r}: use 'fourier', 'pixel' or 'maco'")
+    raise OptionError(f"unknown parameterization {kind!r}: use 'fourier', 'pixel' or 'maco'")
 
 
 def to_range(images01: torch.Tensor, value_range: tuple[float, float]) -> torch.Tensor:

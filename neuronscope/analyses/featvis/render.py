@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ...errors import OptionError
 from ...progress import progress_bar
 from ...subject import Subject, first_tensor
 from .objectives import Context, Objective
@@ -189,12 +190,12 @@ def render(
     import time
 
     if len(subject.input_shape) != 3:
-        raise ValueError("image feature visualization needs (C, H, W) inputs; use featvis.vector for vectors")
+        raise OptionError("image feature visualization needs (C, H, W) inputs; for vectors use neuronscope.visualize or featvis.maximize")
     subject._require_hooks("feature visualization of a layer") if objective.layers else None
     batch = objective.n * replicas
     if isinstance(param, ImageParam):
         if param.batch != batch:
-            raise ValueError(f"the parameterization holds {param.batch} images, the objective needs {batch}")
+            raise OptionError(f"the parameterization holds {param.batch} images, the objective needs {batch}")
         p = param
     else:
         p = make_param(param, batch, subject.input_shape, colour=colour, decay_power=decay_power,

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from ...errors import OptionError
+
 
 class Transform:
     affine = False
@@ -172,4 +174,4 @@ def make_transforms(spec) -> Compose:
         return Compose([spec])
     if isinstance(spec, (list, tuple)):
         return Compose(spec)
-    raise ValueError(f"unknown transforms {spec!r}: use 'standard', 'none' or a list of transforms")
+    raise OptionError(f"unknown transforms {spec!r}: use 'standard', 'none' or a list of transforms")
