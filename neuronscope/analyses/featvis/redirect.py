@@ -23,13 +23,16 @@ from torch.overrides import TorchFunctionMode
 def _redirected_grad(grad: torch.Tensor, on: torch.Tensor) -> torch.Tensor:
     """``on`` marks where the input was positive."""
     ordinary = grad * on
-    # Of the blocked components keep those whose descent step raises x (grad of -objective < 0).
-    redirected = torch.where(~on & (grad > 0), torch.zeros_like(grad), grad)
     if grad.ndim == 0:
-        return ordinary if bool(ordinary.ne(0).any()) else redirected
+        return ordinary if bool(ordinary.ne(0)) else torch.where(~on & (grad > 0), torch.zeros_like(grad), grad)
     alive = ordinary.reshape(ordinary.shape[0], -1).ne(0).any(1)
-    alive = alive.reshape(-1, *([1] * (grad.ndim - 1)))
-    return torch.where(alive, ordinary, redirected)
+    if bool(alive.all()):  # the usual case: nothing to redirect, one pass
+        return ordinary
+    dead = ~alive
+    g = grad[dead]
+    # Of the blocked components keep those whose descent step raises x (grad of -objective < 0).
+    ordinary[dead] = torch.where(on[dead] | (g <= 0), g, torch.zeros_like(g))
+    return ordinary
 
 
 class _RedirectedReLU(torch.autograd.Function):
@@ -37,7 +40,7 @@ class _RedirectedReLU(torch.autograd.Function):
     def forward(ctx, x):
         on = x > 0
         ctx.save_for_backward(on)
-        return x * on
+        return x.clamp(min=0)
 
     @staticmethod
     def backward(ctx, grad):

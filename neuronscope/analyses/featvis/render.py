@@ -91,8 +91,11 @@ class Tap:
 
     def run(self, raw: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
         """Forward raw inputs; return the needed activations and (when needed) the logits."""
+        return self.run_prepared(self.subject.prepare(raw), raw.shape[0])
+
+    def run_prepared(self, x: torch.Tensor, n: int) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """The same for inputs already normalized the way the Subject would."""
         self.acts, self.logits = {}, None
-        x = self.subject.prepare(raw)
         try:
             if self.subject.fixed_batch is not None:
                 out = self._run_fixed(x)
@@ -103,7 +106,7 @@ class Tap:
         if not self.needs_output:
             return dict(self.acts), None
         z = self.logits if self.logits is not None else out
-        return dict(self.acts), z[: raw.shape[0]]
+        return dict(self.acts), z[:n]
 
     def _run_fixed(self, x: torch.Tensor) -> torch.Tensor:
         """Models exported at a fixed batch size: pad, run in chunks, keep the real rows."""
@@ -156,6 +159,24 @@ def _output_kind(subject: Subject) -> str:
     return "probabilities" if subject._probabilities_in_forward and not subject.squash else "logits"
 
 
+def _adam(params, lr: float) -> torch.optim.Optimizer:
+    try:  # the fused kernel: one pass over the parameters instead of a dozen
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(params, lr=lr)
+
+
+def _input_map(subject: Subject) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(a, b)`` with ``prepare(to_range(x)) == x * a + b`` for images ``x`` in [0, 1]."""
+    lo, hi = subject.value_range
+    c = subject.input_shape[0]
+    mean = subject.mean if subject.mean is not None else torch.zeros(1, 1, 1, dtype=subject.dtype, device=subject.device)
+    std = subject.std if subject.std is not None else torch.ones(1, 1, 1, dtype=subject.dtype, device=subject.device)
+    a = (torch.full((c, 1, 1), hi - lo, dtype=subject.dtype, device=subject.device) / std)
+    b = (lo - mean) / std
+    return a, b.expand(c, 1, 1).contiguous()
+
+
 def render(
     subject: Subject,
     objective: Objective,
@@ -205,7 +226,9 @@ def render(
     target = torch.arange(objective.n, device=subject.device).repeat_interleave(replicas)
     group = target.clone()
     kind = _output_kind(subject)
-    opt = torch.optim.Adam(p.parameters(), lr=lr)
+    opt = _adam(p.parameters(), lr)
+    # to_range and the Subject's normalization as one affine map per channel: x * a + b
+    a, b = _input_map(subject)
     history = np.zeros((steps, batch), dtype=np.float32)
     t0 = time.perf_counter()
     with subject.borrowed(), Tap(subject, objective.layers, needs_output=objective.needs_output, truncate=truncate) as tap:
@@ -215,13 +238,13 @@ def render(
             for step in range(steps):
                 opt.zero_grad(set_to_none=True)
                 images = p()
-                x = to_range(tf(images, g), subject.value_range)
+                x = torch.addcmul(b, tf(images, g).to(subject.dtype), a)
                 stuck = rescue and step < (3 * steps) // 4 and step > 0 and bool((history[step - 1] <= 0).any())
                 if step < warmup or stuck:
                     with RedirectedReLU():
-                        acts, z = tap.run(x)
+                        acts, z = tap.run_prepared(x, batch)
                 else:
-                    acts, z = tap.run(x)
+                    acts, z = tap.run_prepared(x, batch)
                 value = objective(Context(acts, z, target, group, kind))
                 if monitor is not None:
                     monitor(step, images.detach(), None if z is None else z.detach())

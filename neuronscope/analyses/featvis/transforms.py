@@ -118,12 +118,50 @@ def _warp(x: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
 
 
 class Compose(Transform):
-    """Apply transforms in order; consecutive affine ones become a single warp."""
+    """Apply transforms in order; consecutive affine ones become a single warp.
+
+    When every transform is a constant pad or an affine map (the standard recipe), the whole
+    pipeline, crop back to size included, is one warp of the unpadded image: a pad only enlarges
+    the frame the later maps are expressed in, and sampling outside the image returns the pad
+    value. One ``grid_sample`` per step, no padded copies.
+    """
 
     def __init__(self, transforms: Sequence[Transform]):
         self.transforms = list(transforms)
+        pads = [t for t in self.transforms if isinstance(t, Pad)]
+        self._fusable = all(t.affine or (isinstance(t, Pad) and t.mode == "constant") for t in self.transforms) \
+            and len({t.value for t in pads}) <= 1
+        self._pad_value = pads[0].value if pads else None
+
+    def _fused(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        n, h, w = x.shape[0], x.shape[-2], x.shape[-1]
+        fh, fw = float(h), float(w)  # the current frame, grown by pads
+        total = None
+        for t in self.transforms:
+            if isinstance(t, Pad):
+                p = t.pixels(max(round(fh), round(fw)))
+                fh, fw = fh + 2 * p, fw + 2 * p
+                continue
+            m = t.matrices(n, round(fh), round(fw), g)
+            # normalized coordinates of this frame -> centred pixel coordinates
+            to_px = torch.diag(torch.tensor([fw / 2, fh / 2, 1.0]))
+            from_px = torch.diag(torch.tensor([2 / fw, 2 / fh, 1.0]))
+            m = to_px @ m @ from_px
+            total = m if total is None else total @ m
+        if total is None:
+            return x
+        to_px = torch.diag(torch.tensor([w / 2.0, h / 2.0, 1.0]))
+        from_px = torch.diag(torch.tensor([2.0 / w, 2.0 / h, 1.0]))
+        theta = (from_px @ total @ to_px)[:, :2, :].to(device=x.device, dtype=x.dtype)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        if self._pad_value is None:
+            return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        v = self._pad_value
+        return F.grid_sample(x - v, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + v
 
     def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        if self._fusable:
+            return self._fused(x, g)
         h, w = x.shape[-2:]
         pending = None
         for t in self.transforms:
