@@ -20,6 +20,7 @@ from neuronscope.analyses.featvis.param import FourierParam, PhaseParam, PixelPa
 from neuronscope.analyses.featvis.redirect import RedirectedReLU
 from neuronscope.cli import main
 from neuronscope.data import ArrayData
+from neuronscope.errors import NeuronscopeError
 
 # The submodule, not the function of the same name that the package re-exports.
 visualize_module = importlib.import_module("neuronscope.analyses.featvis.visualize")
@@ -638,3 +639,48 @@ def test_report_has_feature_visualizations_and_reuses_them(tmp_path, monkeypatch
     with pytest.raises(AssertionError, match="reused"):  # and a changed option does recompute
         neuronscope.report(s, data, out, ReportOptions(featvis_units=2, featvis_steps=9, featvis_seeds=2,
                                                        featvis_diverse=2, progress=False))
+
+
+# ---------------------------------------------------------------------------- layer, direction, interpolation
+def test_deepdream_layer_objective_is_the_mean_square_and_rises():
+    s = Subject(small_cnn(seed=4), (3, 16, 16), mean=0.5, std=0.5)
+    r = render(s, O.layer("2"), replicas=2, steps=32, progress=False)
+    assert np.all(r.values > r.start_values)
+    act = s.activations(torch.as_tensor(r.images), ["2"])["2"]
+    np.testing.assert_allclose(r.values, act.pow(2).mean((1, 2, 3)).numpy(), rtol=1e-4)
+
+
+def test_direction_objective_matches_the_channel_it_points_at_and_its_cosine_power_form():
+    s = Subject(small_cnn(seed=5), (3, 16, 16), mean=0.5, std=0.5)
+    act = s.activations(random_inputs(4, (3, 16, 16)), ["2"])["2"]
+    ctx = O.Context({"2": act}, None, torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long))
+    onehot = torch.zeros(8)
+    onehot[3] = 1
+    # a direction along one axis is that channel's mean activation
+    torch.testing.assert_close(O.direction("2", onehot)(ctx), O.channel("2", 3)(ctx))
+    # vectorized: one direction per image
+    vecs = torch.eye(8)[:4]
+    ctx4 = O.Context({"2": act}, None, torch.arange(4), torch.arange(4))
+    torch.testing.assert_close(O.direction("2", vecs)(ctx4), act.mean((2, 3))[torch.arange(4), torch.arange(4)])
+    # the cosine-power variant is dot x max(cos, 0.1)^p per position, averaged
+    v = torch.rand(8, generator=torch.Generator().manual_seed(1))
+    flat = act.reshape(4, 8, -1)
+    dot = torch.einsum("bcp,c->bp", flat, v)
+    cos = dot / (flat.norm(dim=1) * v.norm() + 1e-8)
+    expected = (dot * cos.clamp(min=0.1) ** 3).mean(1)
+    torch.testing.assert_close(O.direction("2", v, cosine_power=3)(ctx), expected)
+    # and rendering it raises it
+    r = render(s, O.direction("3", v, cosine_power=2.0), replicas=2, steps=32, progress=False)
+    assert np.all(r.values > r.start_values)
+
+
+def test_interpolation_moves_from_one_unit_to_the_other():
+    from neuronscope.analyses.featvis import interpolate
+
+    s = Subject(small_cnn(seed=6), (3, 16, 16), mean=0.5, std=0.5)
+    r = interpolate(s, "3:0", "3:1", frames=5, steps=48, progress=False)
+    means = s.activations(torch.as_tensor(r.images), ["3"])["3"].mean((2, 3)).numpy()
+    assert r.images.shape == (5, 3, 16, 16)
+    assert means[0, 0] > means[-1, 0] and means[-1, 1] > means[0, 1]
+    with pytest.raises(NeuronscopeError, match="at least 2 frames"):
+        interpolate(s, "3:0", "3:1", frames=1, progress=False)

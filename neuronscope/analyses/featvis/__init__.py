@@ -13,8 +13,8 @@ from .objectives import Objective
 from .param import colour_matrix, magnitude_spectrum
 from .render import Rendering, render
 from .vector import Region, VectorResult, maximize
-from .visualize import VectorVisualization, Visualization, visualize
+from .visualize import VectorVisualization, Visualization, interpolate, visualize
 
 __all__ = ["Accentuation", "Objective", "Region", "Rendering", "VectorResult", "VectorVisualization", "Visualization",
-           "accentuate", "colour_matrix", "magnitude_spectrum", "maximize", "objectives", "render", "transforms",
+           "accentuate", "colour_matrix", "interpolate", "magnitude_spectrum", "maximize", "objectives", "render", "transforms",
            "visualize"]

@@ -386,6 +386,32 @@ def visualize(
     return Visualization(results, subject.value_range, options, reduce, time.perf_counter() - t0)
 
 
+def interpolate(subject: Subject, a, b, *, frames: int = 6, steps: int = 256, data=None, colour="auto",
+                seed: int = 0, progress: bool = True, **render_options) -> Rendering:
+    """Frames from what ``a`` wants most to what ``b`` wants most, in one batch.
+
+    ``a`` and ``b`` are unit addresses (``"conv3:5"``, ``"class:cat"``) or single objectives;
+    frame ``i`` maximizes ``(1 - t_i) a + t_i b`` with ``t`` evenly spaced from 0 to 1 (Olah et
+    al. 2017, "Interaction between Neurons"). All frames share one extra Fourier image, so
+    neighbouring frames stay aligned and the change reads as a morph.
+    """
+    from .param import FourierParam
+
+    def single(x):
+        if isinstance(x, O.Objective):
+            return x
+        idx, ts = _parse_targets(subject, [x], None, None)
+        return _objective(subject, ts, idx, None, "logit")
+
+    if frames < 2:
+        raise NeuronscopeError(f"an interpolation needs at least 2 frames, got {frames}.")
+    objective = O.interpolate(single(a), single(b), frames)
+    param = FourierParam(frames, subject.input_shape, shared=True, colour=_default_colour(subject, data, colour),
+                         device=subject.device, seed=seed)
+    return render(subject, objective, param=param, steps=steps, seed=seed, progress=progress,
+                  desc="interpolating", **render_options)
+
+
 def pre_activation(subject: Subject, layer: str) -> str:
     """The layer feeding a ReLU-like one, when it has the same shape (e.g. ``bn3`` for ``relu3``).
 
