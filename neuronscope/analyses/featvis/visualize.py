@@ -254,14 +254,20 @@ def _default_colour(subject: Subject, data, colour):
         return None if isinstance(colour, str) and colour == "none" else colour
     c = subject.input_shape[0]
     if data is not None and c > 1:
-        return colour_matrix(_sample(data, 256))
+        return colour_matrix(_sample(data, 256, subject.value_range))
     return IMAGENET_COLOUR if c == 3 else None
 
 
-def _sample(data, n: int) -> torch.Tensor:
-    lo, hi = data.value_range if hasattr(data, "value_range") else (0.0, 1.0)
-    xs = [torch.as_tensor(np.asarray(b.x), dtype=torch.float32) for b in data.batches(n, limit=n)]
-    return (torch.cat(xs) - lo) / (hi - lo)
+def _sample(data, n: int, value_range: tuple[float, float]) -> torch.Tensor:
+    """``n`` examples spread evenly over the data (folders list one class after another), in [0, 1]."""
+    lo, hi = value_range
+    ids = list(data.ids())
+    picked = ids[:: max(1, len(ids) // n)][:n]
+    try:
+        x = torch.as_tensor(np.asarray(data.get(picked).x), dtype=torch.float32)
+    except NeuronscopeError:  # an unreadable file among them: take the first readable ones instead
+        x = torch.cat([torch.as_tensor(np.asarray(b.x), dtype=torch.float32) for b in data.batches(n, limit=n)])
+    return (x - lo) / (hi - lo)
 
 
 def _diversity_layer(subject: Subject, targets: list[Target]) -> str:
@@ -321,7 +327,7 @@ def visualize(
     class_idx, targets = _parse_targets(subject, what, directions, units)
     objective = _objective(subject, targets, class_idx, directions, class_objective)
     colour_m = _default_colour(subject, data, colour)
-    magnitude = magnitude_spectrum(_sample(data, 256)) if param == "maco" and data is not None else None
+    magnitude = magnitude_spectrum(_sample(data, 256, subject.value_range)) if param == "maco" and data is not None else None
     common = dict(param=param, transforms=transforms, steps=steps, lr=lr, colour=colour_m, decay_power=decay_power,
                   magnitude=magnitude, progress=progress)
     n, layer = len(targets), targets[0].layer
