@@ -12,6 +12,7 @@ The final score of each image is measured on the clean image (no transforms), in
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -208,11 +209,10 @@ def render(
     up to three quarters of the steps, while any image's objective is still at or below zero (a
     unit that the near-grey start leaves switched off everywhere).
     """
-    import time
-
     if len(subject.input_shape) != 3:
         raise OptionError("image feature visualization needs (C, H, W) inputs; for vectors use neuronscope.visualize or featvis.maximize")
-    subject._require_hooks("feature visualization of a layer") if objective.layers else None
+    if objective.layers:
+        subject._require_hooks("feature visualization of a layer")
     batch = objective.n * replicas
     if isinstance(param, ImageParam):
         if param.batch != batch:
