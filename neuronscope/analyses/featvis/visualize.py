@@ -347,15 +347,7 @@ def visualize(
         obj = objective + (diversity_weight * scale) * O.diversity(_diversity_layer(subject, targets))
         div = render(subject, obj, replicas=diverse, seed=seed + 104729, desc="diverse sets", **common)
 
-    reduce, real = "max", None
-    if layer is not None:
-        found = real_maxima_from_store(store, layer)
-        if found is not None:
-            real, reduce = found
-        elif data is not None:
-            real = real_maxima_from_data(subject, data, layer)
-    elif data is not None:
-        real = _class_maxima(subject, data)
+    real, reduce = _real_maxima(subject, layer, data, store)
 
     results = []
     for t, tg in enumerate(targets):
@@ -486,6 +478,20 @@ def _reachable(subject: Subject, target: Target, best: float) -> bool:
     return True
 
 
+def _real_maxima(subject: Subject, layer: str | None, data, store) -> tuple[dict[int, float] | None, str]:
+    """Each target's largest score on real data and the spatial reduction it was taken with.
+
+    From the store's dataset-examples section when it covers the layer (the same reduction the
+    examples were ranked by), else from a pass over ``data``; class logits for ``layer=None``.
+    """
+    if layer is None:
+        return (_class_maxima(subject, data) if data is not None else None), "max"
+    found = real_maxima_from_store(store, layer)
+    if found is not None:
+        return found
+    return (real_maxima_from_data(subject, data, layer) if data is not None else None), "max"
+
+
 def _class_maxima(subject: Subject, data, limit: int = 2048) -> dict[int, float]:
     best = None
     with torch.no_grad():
@@ -575,15 +581,7 @@ def visualize_vectors(subject: Subject, what, *, units=None, data=None, store=No
             region = Region.from_data(rows, kind="ball", radius=float(np.median(np.linalg.norm(u, axis=0))))
     res = maximize(subject, objective, region, replicas=seeds, steps=steps, seed=seed, progress=progress)
     layer = targets[0].layer
-    real, reduce = None, "max"
-    if layer is not None:
-        found = real_maxima_from_store(store, layer)
-        if found is not None:
-            real, reduce = found
-        elif data is not None:
-            real = real_maxima_from_data(subject, data, layer)
-    elif data is not None:
-        real = _class_maxima(subject, data)
+    real, reduce = _real_maxima(subject, layer, data, store)
     results = []
     for t, tg in enumerate(targets):
         rows = np.flatnonzero(res.target == t)
