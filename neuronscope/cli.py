@@ -164,8 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
                               "all classes per call).")
     _add_model_args(p)
     p.add_argument("targets", nargs="+", metavar="TARGET", help="unit addresses or class:NAME")
-    p.add_argument("--data", metavar="DATA", help="real inputs: colour statistics and the largest real activations")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for the PNGs and evidence.csv")
+    p.add_argument("--data", metavar="DATA", help="real inputs: colour statistics and the largest real activations; "
+                                                  "for models on vectors, the region the search stays in")
+    p.add_argument("--target", metavar="COLUMN", help="target column of a table given as --data")
+    p.add_argument("--columns", metavar="A,B,..", help="feature columns of a table (default: all but target and id)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the PNGs (or profiles) and evidence.csv")
     p.add_argument("--units", metavar="A-B|A,B,..", help="units of a whole-layer TARGET (default: all)")
     p.add_argument("--steps", type=int, default=256, metavar="N", help="optimization steps (default: 256)")
     p.add_argument("--seeds", type=int, default=3, metavar="K", help="random starts per target; their agreement is "
@@ -278,8 +281,10 @@ def _visualize(args) -> int:
     data = None
     if args.data:
         data = open_data(args.data, input_shape=_shape(args.input_shape) if args.input_shape else None,
-                         value_range=tuple(_floats(args.range, "--range")), classes=_classes(args.classes))
-    subject = _subject_from_args(args, input_shape=data.input_shape if data is not None else None)
+                         value_range=tuple(_floats(args.range, "--range")), classes=_classes(args.classes),
+                         target=args.target, columns=args.columns.split(",") if args.columns else None)
+    subject = _subject_from_args(args, columns=data.columns if data is not None else None,
+                                 input_shape=data.input_shape if data is not None else None)
     if args.classes is None and data is not None and data.classes is not None:
         subject.classes = data.classes
     out = Path(args.out)
@@ -294,12 +299,16 @@ def _visualize(args) -> int:
     for name, image in vis.images().items():
         atomic_write(out / f"{name}.png", png_bytes(image))
     table = vis.tables()["targets"]
-    lines = [list(table)] + [list(row) for row in zip(*table.values())]
     import io
 
-    buf = io.StringIO()
-    csv.writer(buf).writerows(lines)
-    atomic_write(out / "evidence.csv", buf.getvalue().encode())
+    def write_csv(name, table):
+        buf = io.StringIO()
+        csv.writer(buf).writerows([list(table)] + [list(row) for row in zip(*table.values())])
+        atomic_write(out / name, buf.getvalue().encode())
+
+    write_csv("evidence.csv", table)
+    if "profiles" in vis.tables():  # a model on vectors: the best row per target, column by column
+        write_csv("profiles.csv", vis.tables()["profiles"])
     print(f"{'target':<24} {'value':>9} {'reached':>9} {'real max':>9} {'ratio':>6} {'seeds agree':>11}")
     for r in vis:
         ratio = f"{r.ratio:.2f}" if r.ratio is not None else "-"
@@ -309,7 +318,10 @@ def _visualize(args) -> int:
               f"{(f'{r.real_max:.3g}' if r.real_max is not None else '-'):>9} {ratio:>6} "
               f"{(f'{agree:.2f}' if agree is not None and not np.isnan(agree) else '-'):>11}"
               + ("   UNREACHABLE: stays <= 0, no picture" if not r.reachable else ""))
-    print(f"Pictures and evidence.csv written to {out}/")
+        if hasattr(vis, "profile"):
+            top = ", ".join(f"{c} {z:+.1f} sd" for c, _, z in vis.profile(r.target.address)[:4])
+            print(f"{'':<24} most unusual columns: {top}")
+    print(f"{'Pictures' if not hasattr(vis, 'profile') else 'Profiles (profiles.csv)'} and evidence.csv written to {out}/")
     return 0
 
 

@@ -97,3 +97,39 @@ def test_titanic_classifier_ending_in_softmax(tmp_path):
     layers = [l["layer"] for l in m["sections"]["activations"]["summary"]["layers"]]
     assert layers[-1] == "linear3" and "softmax" not in layers, "logits are read before the Softmax"
     assert m["sections"]["sanity"]["summary"]["n"] == n
+
+
+def test_feature_visualization_of_the_cifar_net_and_the_titanic_classifier(tmp_path, capsys):
+    """`neuronscope visualize` on the foreign models as a user would run it: units and a class of
+    the CIFAR net (pictures and evidence), and the survival class of the Titanic network, which
+    ends in a Softmax module and reads a table (a column profile inside the data's region)."""
+    out = tmp_path / "vis"
+    assert main(["-q", "visualize", f"{MODELS}:cifar_net", *CIFAR, "relu2", "--units", "0-3", "--steps", "16",
+                 "--seeds", "2", "--out", str(out)]) == 0
+    assert {p.name for p in (out / "relu2").iterdir()} >= {"0-pos.png", "0-neg.png", "3-pos.png", "grid.png"}
+    rows = (out / "evidence.csv").read_text().splitlines()
+    assert rows[0].startswith("address,") and len(rows) == 5
+    assert main(["-q", "visualize", f"{MODELS}:cifar_net", *CIFAR, "class:bird", "--steps", "16", "--seeds", "1",
+                 "--out", str(out)]) == 0
+    assert (out / "classes" / "2-pos.png").exists()
+
+    n = 48
+    rng = np.random.default_rng(2)
+    cols = {"age": rng.uniform(1, 70, n), "sibsp": rng.integers(0, 4, n).astype(float),
+            "parch": rng.integers(0, 3, n).astype(float), "fare": rng.uniform(5, 250, n)}
+    for group, k in (("sex", 2), ("emb", 3), ("cls", 3)):
+        pick = rng.integers(0, k, n)
+        names = {"sex": ["female", "male"], "emb": ["embark_C", "embark_Q", "embark_S"],
+                 "cls": ["class_1", "class_2", "class_3"]}[group]
+        cols.update({name: (pick == i) * 1.0 for i, name in enumerate(names)})
+    cols["survived"] = cols["female"] > 0
+    pacsv.write_csv(pa.table(cols), tmp_path / "titanic.csv")
+    capsys.readouterr()
+    tab = tmp_path / "tab"
+    assert main(["-q", "visualize", f"{MODELS}:titanic_net", "--weights", str(FIX / "titanic_model.pt"),
+                 "class:survived", "--data", str(tmp_path / "titanic.csv"), "--target", "survived",
+                 "--classes", "died,survived", "--steps", "60", "--seeds", "2", "--out", str(tab)]) == 0
+    printed = capsys.readouterr().out
+    assert "most unusual columns" in printed
+    profile = (tab / "profiles.csv").read_text().splitlines()
+    assert profile[0] == "address,column,value,mean,z" and len(profile) == 1 + 12
