@@ -200,3 +200,25 @@ def test_image_models_are_pointed_to_the_image_renderer():
     subject = Subject(model, (1, 6, 6))
     with pytest.raises(UnsupportedError, match="image renderer"):
         maximize(subject, Channel("1", 0), Region.box([0.0], [1.0]))
+
+
+def test_clipped_ball_keeps_every_column_in_its_observed_range():
+    # Heavy-tailed data: the plain ball lets the linear unit's optimum leave the columns' range.
+    rng = np.random.default_rng(4)
+    data = np.exp(rng.normal(size=(300, F))) * [1.0, 5.0, 0.2, 10.0, 2.0]
+    subject, w = linear_subject()
+    obj = Channel("0", [0, 1, 2])
+    plain = maximize(subject, obj, Region.from_data(data, kind="ball", radius=4.0), steps=100)
+    clipped_region = Region.from_data(data, kind="ball", radius=4.0, clip=True)
+    clipped = maximize(subject, obj, clipped_region, replicas=4, steps=100)
+    lo, hi = data.min(0), data.max(0)
+    outside = lambda x: ((x < lo - 1e-9) | (x > hi + 1e-9)).any(1)  # noqa: E731
+    assert outside(plain.x).any(), "the test needs a case where the plain ball leaves the range"
+    assert not outside(clipped.x).any()
+    assert clipped_region.contains(clipped.x, tol=1e-3).all()
+    # it is still the best point of the intersection it can find: no random point inside beats it
+    pool = sample_inside(Region.from_data(data, kind="ball", radius=4.0), 4000)
+    pool = pool[~outside(pool)]
+    for t in range(3):
+        best = scores(subject, obj, pool, np.full(len(pool), t)).max()
+        assert clipped.values[clipped.target == t].max() >= best - 1e-6

@@ -86,6 +86,10 @@ class Region:
             except np.linalg.LinAlgError:
                 raise DataError("cov is not positive definite: give a covariance matrix, or build the "
                                 "region with Region.from_data, which adds a small ridge.") from None
+            if self.lo is not None or self.hi is not None:  # a ball clipped to per-column bounds
+                self.lo, self.hi = (np.broadcast_to(_vector(v, n), (f,)).copy() for v, n in ((self.lo, "lo"), (self.hi, "hi")))
+                if not ((self.lo <= self.mean) & (self.mean <= self.hi)).all():
+                    raise DataError("a clipped ball needs its mean inside the bounds lo <= mean <= hi.")
         else:
             raise NeuronscopeError(f"Region kind must be 'box' or 'ball'; got {self.kind!r}.")
         for name in ("mean", "std"):
@@ -109,8 +113,12 @@ class Region:
         return cls("ball", mean=mean, cov=cov, radius=radius)
 
     @classmethod
-    def from_data(cls, X, kind: str = "box", radius: float = 3.0) -> Region:
-        """The box of per-column min/max, or the ball of ``radius`` around the data's mean."""
+    def from_data(cls, X, kind: str = "box", radius: float = 3.0, clip: bool = False) -> Region:
+        """The box of per-column min/max, or the ball of ``radius`` around the data's mean.
+
+        ``clip=True`` intersects the ball with the box, so no column leaves its observed range (a
+        ball alone can propose, say, a negative perimeter in a heavy-tailed column).
+        """
         X = np.asarray(X.detach().cpu() if isinstance(X, torch.Tensor) else X, dtype=np.float64)
         if X.ndim != 2 or X.shape[0] < 1:
             raise InputShapeError(f"data must be a table of shape (N, F); got shape {X.shape}.")
@@ -129,7 +137,8 @@ class Region:
                 raise DataError("every row of the data is the same: there is no spread to build a ball from.")
             # A tiny ridge so collinear or constant columns still give a Cholesky factor.
             cov = cov + 1e-9 * trace / X.shape[1] * np.eye(X.shape[1])
-            return cls("ball", mean=mean, cov=cov, radius=radius)
+            bounds = dict(lo=X.min(0), hi=X.max(0)) if clip else {}
+            return cls("ball", mean=mean, cov=cov, radius=radius, **bounds)
         raise NeuronscopeError(f"kind must be 'box' or 'ball'; got {kind!r}.")
 
     # ----------------------------------------------------------------- geometry
@@ -159,6 +168,10 @@ class Region:
             return torch.clamp(x, self._t(self.lo, x), self._t(self.hi, x))
         return self._decode(self._project_natural(self._encode(x)))
 
+    @property
+    def clipped(self) -> bool:
+        return self.kind == "ball" and self.lo is not None
+
     def contains(self, x, tol: float = 1e-6) -> np.ndarray:
         """Whether each row of ``x`` lies in the region, with slack ``tol`` relative to its size."""
         x = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
@@ -170,6 +183,9 @@ class Region:
         else:
             u = np.linalg.solve(self.chol, (rows - self.mean).T).T
             inside = np.linalg.norm(u, axis=1) <= self.radius * (1 + tol)
+            if self.clipped:
+                slack = tol * np.maximum(self.hi - self.lo, 1e-12)
+                inside &= ((rows >= self.lo - slack) & (rows <= self.hi + slack)).all(1)
         return inside if x.ndim > 1 else bool(inside[0])
 
     # Natural coordinates, where the optimizer works: a box scaled to [0, 1] per column (so steps
@@ -189,7 +205,20 @@ class Region:
         if self.kind == "box":
             return z.clamp(0.0, 1.0)
         norm = z.norm(dim=1, keepdim=True)
-        return z * torch.clamp(self.radius / norm.clamp_min(1e-300), max=1.0)
+        z = z * torch.clamp(self.radius / norm.clamp_min(1e-300), max=1.0)
+        if self.clipped:
+            # Alternating projections (ball, then box): each round stays in the ball because the
+            # mean is inside both and the box clamp, a convex step towards it, cannot leave the
+            # ball by much; a few rounds end in the intersection up to a tiny slack, and the
+            # last step is the box clamp, so every column is always in its observed range.
+            lo, hi = self._t(self.lo, z), self._t(self.hi, z)
+            for _ in range(8):
+                x = torch.clamp(self._decode(z), lo, hi)
+                z = self._encode(x)
+                norm = z.norm(dim=1, keepdim=True)
+                z = z * torch.clamp(self.radius / norm.clamp_min(1e-300), max=1.0)
+            z = self._encode(torch.clamp(self._decode(z), lo, hi))
+        return z
 
     def _random_natural(self, n: int, seed: int, dtype, device) -> torch.Tensor:
         """``n`` points drawn uniformly inside the region, in natural coordinates."""

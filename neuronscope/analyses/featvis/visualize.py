@@ -577,8 +577,10 @@ def visualize_vectors(subject: Subject, what, *, units=None, data=None, store=No
             # mean as a typical row. A fixed "3 sigma" is smaller than typical data in many
             # dimensions (a typical norm is about sqrt(F)); an upper quantile lets heavy-tailed
             # columns run far beyond their observed range.
+            # Clipped to the observed ranges, so no column is proposed outside what the data shows.
             u = np.linalg.solve(region.chol, (rows - region.mean).T)
-            region = Region.from_data(rows, kind="ball", radius=float(np.median(np.linalg.norm(u, axis=0))))
+            region = Region.from_data(rows, kind="ball", radius=float(np.median(np.linalg.norm(u, axis=0))),
+                                      clip=True)
     res = maximize(subject, objective, region, replicas=seeds, steps=steps, seed=seed, progress=progress)
     layer = targets[0].layer
     real, reduce = _real_maxima(subject, layer, data, store)
