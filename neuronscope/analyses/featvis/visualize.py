@@ -14,6 +14,7 @@ largest real score, reachability and seed consistency. The result saves into a
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -310,12 +311,11 @@ def visualize(
     ``store`` holds no dataset-examples section, the units' largest real activations.
 
     For models on numeric vectors the search stays inside ``region`` of the data (``"ball"``: a
-    Mahalanobis ball of radius 3 around the data's mean; ``"box"``: the columns' observed ranges;
-    or a :class:`~neuronscope.analyses.featvis.vector.Region`), and the answer is a row of column
-    values shown as a profile against the data's means (:class:`VectorVisualization`).
+    Mahalanobis ball around the data's mean as far out as a typical row, clipped to each column's
+    observed range; ``"box"``: the observed ranges; or a
+    :class:`~neuronscope.analyses.featvis.vector.Region`), and the answer is a row of column values
+    shown as a profile against the data's means (:class:`VectorVisualization`).
     """
-    import time
-
     if len(subject.input_shape) == 1:
         return visualize_vectors(subject, what, units=units, data=data, store=store, region=region, seeds=seeds,
                                  steps=steps, class_objective=class_objective, seed=seed, progress=progress)
@@ -559,8 +559,6 @@ def visualize_vectors(subject: Subject, what, *, units=None, data=None, store=No
                       steps: int = 300, class_objective: str = "logit", seed: int = 0,
                       progress: bool = True) -> VectorVisualization:
     """Activation maximization for a vector model inside a region of its data (see ``vector``)."""
-    import time
-
     from .vector import Region, maximize
 
     t0 = time.perf_counter()
