@@ -222,3 +222,29 @@ def test_clipped_ball_keeps_every_column_in_its_observed_range():
     for t in range(3):
         best = scores(subject, obj, pool, np.full(len(pool), t)).max()
         assert clipped.values[clipped.target == t].max() >= best - 1e-6
+
+
+def test_visualize_starts_vector_units_from_their_best_real_rows(tmp_path):
+    """A ReLU unit off everywhere it starts (no gradient there) is still turned on: the search
+    starts from the real rows that score highest and the warm-up uses the redirected ReLU."""
+    import neuronscope as ns
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 2), nn.ReLU())
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, -1.0, 0.0, 0.0]]))
+        model[0].bias.copy_(torch.tensor([-5.0, 0.0]))  # unit 0 fires only for rare large rows
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 4))
+    np.savez(tmp_path / "rows.npz", x=x.astype(np.float32), y=np.zeros(400, dtype=np.int64))
+    data = ns.open_data(tmp_path / "rows.npz", input_shape=(4,))
+    subject = Subject(model, (4,))
+    real = np.maximum(x.sum(1) - 5.0, 0)
+    assert (real > 0).mean() < 0.02  # off for almost every row
+    v = ns.visualize(subject, "1:0", data=data, seeds=2, steps=60, progress=False)
+    r = v["1:0"]
+    # measured: 0.507, the unit's maximum inside the ball (sum of 4 columns at most 2.76 * 2 - 5);
+    # the two firing rows lie outside the ball, so from a projected start the redirected warm-up
+    # is what turns the unit on
+    assert r.reachable and r.values[0] > 0.4
+    assert r.real_max == pytest.approx(real.max(), rel=1e-5)

@@ -28,6 +28,7 @@ from ...errors import DataError, InputShapeError, NeuronscopeError, UnsupportedE
 from ...progress import progress_bar
 from ...subject import Subject
 from .objectives import Context, Objective
+from .redirect import RedirectedReLU
 from .render import Tap, _output_kind
 
 #: Polishing steps, and their sizes in region units (box widths, ball radii), largest first.
@@ -301,10 +302,14 @@ def maximize(
     steps: int = 300,
     lr: float = 0.05,
     seed: int = 0,
+    init=None,
+    warmup: int = 16,
     progress: bool = False,
 ) -> VectorResult:
     """Inputs inside ``region`` that maximize ``objective``: ``objective.n * replicas`` rows, row
-    ``b`` serving target ``b // replicas``, each from its own random start.
+    ``b`` serving target ``b // replicas``, each from its own random start, or from ``init``
+    (``(B, F)`` rows in the data's units, moved into the region). The first ``warmup`` steps use
+    the redirected-ReLU gradient (see ``redirect``), so a unit off at its start still moves.
 
     ``steps`` Adam steps of size ``lr`` (a fraction of a box's widths or a ball's radius), each
     followed by a projection, then a short polish of normalized projected-gradient steps.
@@ -325,20 +330,34 @@ def maximize(
 
         def gradient(z: torch.Tensor) -> torch.Tensor:
             z = z.detach().requires_grad_(True)
-            (g,) = torch.autograd.grad(value(z).sum(), z)
-            return g
+            # Differentiate the loss (-objective), the convention the redirected ReLU expects.
+            (g,) = torch.autograd.grad(-value(z).sum(), z)
+            return -g
 
-        z = region._random_natural(batch, seed, dtype, device).requires_grad_(True)
+        if init is None:
+            z = region._random_natural(batch, seed, dtype, device)
+        else:
+            start_x = torch.as_tensor(np.asarray(init), dtype=dtype, device=device)
+            if tuple(start_x.shape) != (batch, region.dim):
+                raise InputShapeError(f"init must hold {batch} rows of {region.dim} columns, one per target and "
+                                      f"replica; got shape {tuple(start_x.shape)}.")
+            z = region._project_natural(region._encode(start_x))
+        z = z.requires_grad_(True)
         with torch.no_grad():
             start = value(z)
         opt = torch.optim.Adam([z], lr=lr * region._scale())
         bar = progress_bar(steps + len(_POLISH_SIZES), "maximizing", "step", enabled=progress)
         try:
-            for _ in range(steps):
+            for step in range(steps):
                 # Adam scales each coordinate on its own, so a push straight out of a ball would
                 # become a slide along its surface towards a diagonal: at the edge it gets only
                 # the part of the gradient that can be followed.
-                z.grad = -region._tangent(z.detach(), gradient(z))
+                if step < warmup:
+                    with RedirectedReLU():
+                        g = gradient(z)
+                else:
+                    g = gradient(z)
+                z.grad = -region._tangent(z.detach(), g)
                 opt.step()
                 with torch.no_grad():
                     z.copy_(region._project_natural(z))

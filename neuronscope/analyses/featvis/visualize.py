@@ -310,8 +310,8 @@ def visualize(
     colour matrix (``colour="auto"``), the MACO magnitude spectrum (``param="maco"``) and, when
     ``store`` holds no dataset-examples section, the units' largest real activations.
 
-    For models on numeric vectors the search stays inside ``region`` of the data (``"ball"``: a
-    Mahalanobis ball around the data's mean as far out as a typical row, clipped to each column's
+    For models on numeric vectors the search stays inside ``region`` of the data (``"ball"``: the
+    Mahalanobis ball around the data's mean that holds 90% of its rows, clipped to each column's
     observed range; ``"box"``: the observed ranges; or a
     :class:`~neuronscope.analyses.featvis.vector.Region`), and the answer is a row of column values
     shown as a profile against the data's means (:class:`VectorVisualization`).
@@ -564,23 +564,35 @@ def visualize_vectors(subject: Subject, what, *, units=None, data=None, store=No
     t0 = time.perf_counter()
     class_idx, targets = _parse_targets(subject, what, None, units)
     objective = _objective(subject, targets, class_idx, None, class_objective)
+    rows = None
+    if data is not None:
+        rows = np.concatenate([np.asarray(b.x, dtype=np.float64) for b in data.batches(4096)])
     if not isinstance(region, Region):
-        if data is None:
+        if rows is None:
             raise NeuronscopeError("Visualizing a model on vectors needs its data (data=...): the search stays "
                                    "inside the data's range, or pass region=Region.box(lo, hi).")
-        rows = np.concatenate([np.asarray(b.x, dtype=np.float64) for b in data.batches(4096)])
         region = Region.from_data(rows, kind=region)
         if region.kind == "ball":
-            # Radius: the median of the rows' own Mahalanobis norms, so the answer is as far from the
-            # mean as a typical row. A fixed "3 sigma" is smaller than typical data in many
-            # dimensions (a typical norm is about sqrt(F)); an upper quantile lets heavy-tailed
-            # columns run far beyond their observed range.
-            # Clipped to the observed ranges, so no column is proposed outside what the data shows.
+            # Radius: the 90th percentile of the rows' own Mahalanobis norms, so the ball holds 90% of
+            # the data (a fixed "3 sigma" is smaller than typical data in many dimensions, where a
+            # typical norm is about sqrt(F)); clipped to each column's observed range, so that
+            # heavy-tailed columns cannot run past what the data shows.
             u = np.linalg.solve(region.chol, (rows - region.mean).T)
-            region = Region.from_data(rows, kind="ball", radius=float(np.median(np.linalg.norm(u, axis=0))),
+            region = Region.from_data(rows, kind="ball", radius=float(np.quantile(np.linalg.norm(u, axis=0), 0.9)),
                                       clip=True)
-    res = maximize(subject, objective, region, replicas=seeds, steps=steps, seed=seed, progress=progress)
     layer = targets[0].layer
+    # Start from the real rows that score highest for each target: a ReLU unit that a random start
+    # leaves off everywhere has no gradient to follow, and the answer then beats every real row.
+    init = None
+    if rows is not None and len(rows) >= seeds:
+        with torch.no_grad():
+            if layer is None:
+                z = subject.logits(torch.as_tensor(rows)).reshape(len(rows), -1).double().cpu().numpy()
+                score = np.concatenate([-z, z], 1) if z.shape[1] == 1 else z
+            else:
+                score = unit_scores(subject, layer, rows, "max")
+        init = np.concatenate([rows[np.argsort(-score[:, t.index])[:seeds]] for t in targets])
+    res = maximize(subject, objective, region, replicas=seeds, steps=steps, seed=seed, init=init, progress=progress)
     real, reduce = _real_maxima(subject, layer, data, store)
     results = []
     for t, tg in enumerate(targets):
