@@ -165,13 +165,14 @@ def _feature_visualizations(subject, data, store, layers, opts):
     """
     import dataclasses
 
-    from .analyses.featvis.visualize import visualize
+    from .analyses.featvis.visualize import choose_colour, visualize
 
     final = subject.final_layer()
     results, seconds, v = [], 0.0, None
     common = dict(data=data, store=store, seeds=opts.featvis_seeds, steps=opts.featvis_steps, progress=opts.progress)
     if len(subject.input_shape) == 3:
-        common["diverse"] = opts.featvis_diverse
+        # One colour matrix from the data for every call, rather than a fresh sample per layer.
+        common.update(diverse=opts.featvis_diverse, colour=choose_colour(subject, data))
     ranked = _units_by_interest(store)
     for layer in layers:
         if layer == final:
@@ -197,7 +198,10 @@ def _feature_visualizations(subject, data, store, layers, opts):
         v = visualize(subject, [f"class:{c}" for c in subject.classes], **common)
         results += v.results
         seconds += v.seconds
-    return dataclasses.replace(v, results=results, seconds=seconds)
+    options = v.options
+    if "colour" in common:  # the matrix was estimated here, from the data
+        options = {**options, "colour": "data" if common["colour"] is not None else "none"}
+    return dataclasses.replace(v, results=results, seconds=seconds, options=options)
 
 
 def _units_by_interest(store) -> dict[str, dict[int, tuple]]:

@@ -26,13 +26,7 @@ from neuronscope.errors import NeuronscopeError
 visualize_module = importlib.import_module("neuronscope.analyses.featvis.visualize")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models: a second OpenMP thread only adds barrier waits, slow on a busy 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------- models and helpers

@@ -17,13 +17,7 @@ LO = np.array([-1.0, -3.0, 0.0, 0.0, 5.0])
 HI = np.array([2.0, 1.0, 6.0, 1.0, 20.0])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models: a second OpenMP thread only adds barrier waits, slow on a busy 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def linear_subject(dtype=torch.float32):

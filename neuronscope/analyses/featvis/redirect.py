@@ -48,8 +48,8 @@ class _RedirectedReLU(torch.autograd.Function):
         return _redirected_grad(grad, on)
 
 
-class _RedirectedReLUInPlace(torch.autograd.Function):
-    """The in-place form: the caller's tensor is rectified, as the real ``relu_`` would."""
+class _RedirectedReLUInPlace(_RedirectedReLU):
+    """The in-place form: the caller's tensor is rectified, as the real ``relu_`` would; same backward."""
 
     @staticmethod
     def forward(ctx, x):
@@ -57,11 +57,6 @@ class _RedirectedReLUInPlace(torch.autograd.Function):
         ctx.mark_dirty(x)
         ctx.save_for_backward(on)
         return x.clamp_(min=0)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (on,) = ctx.saved_tensors
-        return _redirected_grad(grad, on)
 
 
 _RELUS = {F.relu, torch.relu, torch.Tensor.relu}

@@ -13,7 +13,7 @@ The final score of each image is measured on the clean image (no transforms), in
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -142,7 +142,6 @@ class Rendering:
     objective: str = ""
     steps: int = 0
     seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
 
     def for_target(self, t: int) -> np.ndarray:
         return np.flatnonzero(self.target == t)

@@ -250,13 +250,22 @@ def _objective(subject: Subject, targets: list[Target], class_idx, directions, c
     return O.channel(layer, [t.index for t in targets])
 
 
-def _default_colour(subject: Subject, data, colour):
+def choose_colour(subject: Subject, data, colour="auto"):
+    """The colour-decorrelation matrix to use: the one given, estimated from ``data`` (``"auto"``
+    with data and more than one channel), the ImageNet one for 3 channels without data, or none."""
     if colour is not None and not (isinstance(colour, str) and colour == "auto"):
         return None if isinstance(colour, str) and colour == "none" else colour
     c = subject.input_shape[0]
     if data is not None and c > 1:
         return colour_matrix(_sample(data, 256, subject.value_range))
     return IMAGENET_COLOUR if c == 3 else None
+
+
+def _colour_label(colour, data) -> str:
+    """How the colour decorrelation was chosen, for the record: "data", "given", or the name used."""
+    if isinstance(colour, str):
+        return "data" if colour == "auto" and data is not None else colour
+    return "given" if colour is not None else "none"
 
 
 def _sample(data, n: int, value_range: tuple[float, float]) -> torch.Tensor:
@@ -326,7 +335,7 @@ def visualize(
     t0 = time.perf_counter()
     class_idx, targets = _parse_targets(subject, what, directions, units)
     objective = _objective(subject, targets, class_idx, directions, class_objective)
-    colour_m = _default_colour(subject, data, colour)
+    colour_m = choose_colour(subject, data, colour)
     magnitude = magnitude_spectrum(_sample(data, 256, subject.value_range)) if param == "maco" and data is not None else None
     common = dict(param=param, transforms=transforms, steps=steps, lr=lr, colour=colour_m, decay_power=decay_power,
                   magnitude=magnitude, progress=progress)
@@ -334,7 +343,8 @@ def visualize(
     unit_kind = targets[0].kind in ("channel", "neuron")
     pos = render(subject, objective, replicas=seeds, seed=seed, rescue=unit_kind,
                  desc=f"visualizing {n} target{'s' * (n > 1)}", **common)
-    restarted = _restart_stuck(subject, targets, class_idx, pos, seeds, seed, common) if unit_kind else set()
+    probe = _random_probe(subject, layer, seed) if unit_kind else None
+    restarted = _restart_stuck(subject, targets, class_idx, pos, seeds, seed, common, probe) if unit_kind else set()
     neg = None
     if negative:
         neg_layer = pre_activation(subject, layer) if targets[0].kind in ("channel", "neuron") else layer
@@ -357,7 +367,7 @@ def visualize(
         res = TargetResult(tg, images, values, reachable=_reachable(subject, tg, values[0]),
                            start="random input" if t in restarted else "noise")
         if not res.reachable:
-            res.turned_on_by = _turned_on_by(subject, tg, real)
+            res.turned_on_by = _turned_on_by(tg, real, probe) if unit_kind else None
         if tg.kind == "class":
             with torch.no_grad():
                 res.reached = float(subject.logits(torch.as_tensor(images[:1]))[0].reshape(-1)[tg.index]) \
@@ -378,8 +388,8 @@ def visualize(
             res.consistency["diverse_features"] = seed_consistency(
                 subject, layer or _diversity_layer(subject, targets), res.diverse).get("features")
         results.append(res)
-    options = dict(negative_layer=neg_layer if negative else None, steps=steps, seeds=seeds, param=param, transforms=str(transforms), lr=lr, decay_power=decay_power,
-                   diverse=diverse, negative=negative, colour="data" if data is not None and colour == "auto" else str(colour)[:20],
+    options = dict(steps=steps, seeds=seeds, param=param, transforms=str(transforms), lr=lr, decay_power=decay_power,
+                   diverse=diverse, negative=negative, colour=_colour_label(colour, data),
                    class_objective=class_objective)
     return Visualization(results, subject.value_range, options, reduce, time.perf_counter() - t0)
 
@@ -404,7 +414,7 @@ def interpolate(subject: Subject, a, b, *, frames: int = 6, steps: int = 256, da
     if frames < 2:
         raise NeuronscopeError(f"an interpolation needs at least 2 frames, got {frames}.")
     objective = O.interpolate(single(a), single(b), frames)
-    param = FourierParam(frames, subject.input_shape, shared=True, colour=_default_colour(subject, data, colour),
+    param = FourierParam(frames, subject.input_shape, shared=True, colour=choose_colour(subject, data, colour),
                          device=subject.device, seed=seed)
     return render(subject, objective, param=param, steps=steps, seed=seed, progress=progress,
                   desc="interpolating", **render_options)
@@ -429,8 +439,20 @@ def pre_activation(subject: Subject, layer: str) -> str:
     return layer
 
 
+def _random_probe(subject: Subject, layer: str, seed: int, n: int = 256):
+    """A function giving ``n`` seeded random inputs and every unit's score on them, computed once."""
+    found = []
+
+    def probe() -> tuple[torch.Tensor, np.ndarray]:
+        if not found:
+            x = subject.sample_input(n, seed=seed + 1)
+            found.append((x, unit_scores(subject, layer, x, "max")))
+        return found[0]
+    return probe
+
+
 def _restart_stuck(subject: Subject, targets: list[Target], class_idx, pos: Rendering, seeds: int, seed: int,
-                   common: dict, n: int = 256) -> set[int]:
+                   common: dict, probe) -> set[int]:
     """Re-render units the optimizer left off everywhere, starting from random inputs that turn them on.
 
     The near-grey start can sit where a unit's pre-activation is negative at every position and
@@ -445,8 +467,7 @@ def _restart_stuck(subject: Subject, targets: list[Target], class_idx, pos: Rend
     stuck = np.flatnonzero(best <= 1e-6)
     if not len(stuck):
         return set()
-    x = subject.sample_input(n, seed=seed + 1)
-    scores = unit_scores(subject, layer, x, "max")
+    x, scores = probe()
     restart = [t for t in stuck if scores[:, targets[t].index].max() > 0]
     if not restart:
         return set()
@@ -462,12 +483,11 @@ def _restart_stuck(subject: Subject, targets: list[Target], class_idx, pos: Rend
     return set(restart)
 
 
-def _turned_on_by(subject: Subject, target: Target, real: dict | None, n: int = 256) -> str | None:
+def _turned_on_by(target: Target, real: dict | None, probe) -> str | None:
     """Whether anything turns on a unit the optimizer could not: real data, or random inputs."""
     if real and real.get(target.index, 0) > 0:
         return "data"
-    x = subject.sample_input(n, seed=1)
-    if float(unit_scores(subject, target.layer, x, "max")[:, target.index].max()) > 0:
+    if float(probe()[1][:, target.index].max()) > 0:
         return "random inputs"
     return None
 
