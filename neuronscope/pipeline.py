@@ -198,7 +198,8 @@ def _feature_visualizations(subject, data, store, layers, opts):
         v = visualize(subject, [f"class:{c}" for c in subject.classes], **common)
         results += v.results
         seconds += v.seconds
-    options = v.options
+    # per-call facts stay in the targets table (each row has its negative_layer)
+    options = {k: val for k, val in v.options.items() if k != "negative_layer"}
     if "colour" in common:  # the matrix was estimated here, from the data
         options = {**options, "colour": "data" if common["colour"] is not None else "none"}
     return dataclasses.replace(v, results=results, seconds=seconds, options=options)

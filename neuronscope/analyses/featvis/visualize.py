@@ -388,7 +388,7 @@ def visualize(
             res.consistency["diverse_features"] = seed_consistency(
                 subject, layer or _diversity_layer(subject, targets), res.diverse).get("features")
         results.append(res)
-    options = dict(steps=steps, seeds=seeds, param=param, transforms=str(transforms), lr=lr, decay_power=decay_power,
+    options = dict(negative_layer=neg_layer if negative else None, steps=steps, seeds=seeds, param=param, transforms=str(transforms), lr=lr, decay_power=decay_power,
                    diverse=diverse, negative=negative, colour=_colour_label(colour, data),
                    class_objective=class_objective)
     return Visualization(results, subject.value_range, options, reduce, time.perf_counter() - t0)
