@@ -11,6 +11,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
+
 from . import __version__
 from .errors import NeuronscopeError
 
@@ -39,6 +41,7 @@ examples:
       --mean 0.5 --std 0.5 --classes classes.txt --data images/ --out report/
   neuronscope visualize net.py:make_net --weights w.pt --input-shape 3,32,32 conv3:5 --out vis/
   neuronscope visualize net.py:make_net --weights w.pt --input-shape 3,32,32 class:cat --data images/ --out vis/
+  neuronscope explain net.py:make_net --weights w.pt --input-shape 3,32,32 cat.png --target cat --out why/
   neuronscope serve report/
 """
 
@@ -137,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="units per layer that get feature visualizations, plus every class (default: 8; 0 skips)")
     p.add_argument("--vis-steps", type=int, default=256, metavar="N", help="optimization steps per visualization "
                                                                              "(default: 256)")
+    p.add_argument("--explain", type=int, default=12, metavar="N",
+                   help="inputs explained by attribution, spread over classes, with trust checks (default: 12; 0 skips)")
 
     p = sub.add_parser("examples", help="find the real inputs that excite each unit most", formatter_class=fmt,
                        description="One streaming pass over the data: for every unit of the chosen layers, its "
@@ -187,6 +192,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accentuate", metavar="ID[,ID..]", help="instead, start from these --data examples and push "
                                                               "the first TARGET while staying close to them")
     p.add_argument("--strength", type=float, default=1.0, help="closeness penalty for --accentuate (default: 1)")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("explain", help="show which parts of an input drove an output, with trust checks", formatter_class=fmt,
+                       description="Attribution maps from Captum (integrated gradients, SmoothGrad, Grad-CAM, occlusion, "
+                                   "... ) for each INPUT, with batch sizes chosen from the model's measured cost and free "
+                                   "memory, and the evidence to trust them: the completeness error of integrated "
+                                   "gradients, deletion/insertion curves against a random order (Petsiuk et al. 2018) "
+                                   "and the model-randomisation sanity check (Adebayo et al. 2018), run on a copy of "
+                                   "the model. Writes one PNG per input (the input, then one overlay per method; red "
+                                   "pushes the target up, blue down) and explanations.csv; for models on vectors, "
+                                   "attributions.csv with one column per input column.",
+                       epilog="INPUT is an image file, or an example id in --data; with --data and no INPUT, the first "
+                              "--limit examples (default 8). --target is 'predicted' (default), a class name or index, "
+                              "an output index (regression), or a unit such as 'conv3:5' (which parts of the input "
+                              "make it fire).")
+    _add_model_args(p)
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files or example ids in --data")
+    p.add_argument("--data", metavar="DATA", help="where INPUT ids come from; also the 'mean' baseline")
+    p.add_argument("--target", dest="explain_target", default="predicted", metavar="T",
+                   help="predicted (default), a class, an output index, or a unit layer:channel")
+    p.add_argument("--target-column", metavar="COLUMN", help="target column of a table given as --data")
+    p.add_argument("--columns", metavar="A,B,..", help="feature columns of a table (default: all but target and id)")
+    p.add_argument("--limit", type=int, default=8, metavar="N", help="with no INPUT, explain the first N examples (default: 8)")
+    p.add_argument("--method", metavar="M[,M..]", help="integrated_gradients, saliency, saliency_abs, input_x_gradient, "
+                   "smoothgrad, smoothgrad_sq, vargrad, gradcam, occlusion, feature_ablation, gradient_shap "
+                   "(default: integrated_gradients,smoothgrad,gradcam,occlusion for images; "
+                   "integrated_gradients,feature_ablation,gradient_shap for vectors)")
+    p.add_argument("--baseline", default="auto", choices=["auto", "zero", "blur", "mean"],
+                   help="what 'absent' means: zero, blur (images), mean of --data (default: mean with --data, else zero)")
+    p.add_argument("--layer", metavar="LAYER", help="Grad-CAM's layer (default: the last with a spatial map)")
+    p.add_argument("--steps", type=int, default=50, metavar="N", help="integrated-gradients steps (default: 50)")
+    p.add_argument("--samples", type=int, default=50, metavar="N", help="SmoothGrad / gradient SHAP samples (default: 50)")
+    p.add_argument("--window", type=int, metavar="PX", help="occlusion / ablation patch side (default: 1/8 of the image)")
+    p.add_argument("--batch-size", type=int, metavar="ROWS", help="rows per forward inside the methods (default: "
+                                                                    "chosen from measured cost and free memory)")
+    p.add_argument("--no-checks", action="store_true", help="skip deletion/insertion curves and the randomisation check")
+    p.add_argument("--allow-guided", action="store_true", help="allow guided_backprop / guided_gradcam, which fail "
+                                                                 "the randomisation sanity check")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the PNGs and CSV files")
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("demo", help="train the built-in demo models and write their report", formatter_class=fmt,
@@ -249,6 +293,7 @@ def _report(args) -> int:
     else:
         opts.example = args.example
         opts.featvis_units, opts.featvis_steps = args.visualize, args.vis_steps
+        opts.attribution_inputs = args.explain
     index = report(subject, data, args.out, opts)
     page = index if args.command == "report" else index.with_name("examples.html")
     print(f"{'Report' if args.command == 'report' else 'Dataset examples'} written: {page}\n"
@@ -351,6 +396,103 @@ def _accentuate(args, subject, data, out: Path) -> int:
     return 0
 
 
+def _explain_inputs(args, subject, data):
+    """Raw inputs and ids from INPUT files/ids, or the first --limit examples of --data."""
+    import torch
+
+    from .data import Batch, read_image
+
+    files = [i for i in args.inputs if Path(i).is_file()]
+    if files and len(files) != len(args.inputs):
+        raise NeuronscopeError("Give INPUT as image files or as example ids in --data, not a mix.")
+    if files:
+        try:
+            x = torch.stack([read_image(f, subject.input_shape, subject.value_range) for f in files])
+        except OSError as e:
+            raise NeuronscopeError(f"Could not read an INPUT image: {e}") from None
+        return Batch([Path(f).name for f in files], x)
+    if data is None:
+        raise NeuronscopeError("explain needs INPUT image files, or --data (with example ids as INPUT, or none for "
+                               "the first --limit examples).")
+    if args.inputs:
+        return data.get(args.inputs)
+    return next(data.batches(args.limit))
+
+
+def _explain(args) -> int:
+    import csv
+    import io
+
+    from .analyses.attribution import explain
+    from .atomic import atomic_write
+    from .data import open_data
+    from .imaging import png_bytes, tile_grid
+
+    data = None
+    if args.data:
+        data = open_data(args.data, input_shape=_shape(args.input_shape) if args.input_shape else None,
+                         value_range=tuple(_floats(args.range, "--range")), classes=_classes(args.classes),
+                         target=args.target_column, columns=args.columns.split(",") if args.columns else None)
+    subject = _subject_from_args(args, columns=data.columns if data is not None else None,
+                                 input_shape=data.input_shape if data is not None else None)
+    if args.classes is None and data is not None and data.classes is not None:
+        subject.classes = data.classes
+    batch = _explain_inputs(args, subject, data)
+    target = _output(args.explain_target) if args.explain_target != "predicted" else "predicted"
+    e = explain(subject, batch, target=target, method=args.method.split(",") if args.method else None, data=data,
+                baseline=args.baseline, layer=args.layer, n_steps=args.steps, samples=args.samples, window=args.window,
+                batch_size=args.batch_size, curves=not args.no_checks, randomisation=not args.no_checks,
+                allow_guided=args.allow_guided, seed=args.seed, progress=not args.quiet)
+    out = Path(args.out)
+
+    def write_csv(name, rows):
+        buf = io.StringIO()
+        csv.writer(buf).writerows(rows)
+        atomic_write(out / name, buf.getvalue().encode())
+
+    tables = e.tables()
+    t = {k: v for k, v in tables["explanations"].items() if k not in ("map", "map_shape")}
+    write_csv("explanations.csv", [list(t)] + [list(r) for r in zip(*t.values())])
+    if "randomisation" in tables:
+        r = tables["randomisation"]
+        write_csv("randomisation.csv", [list(r)] + [list(v) for v in zip(*r.values())])
+    if e.is_image:
+        images = e.images()
+        for i, id_ in enumerate(e.ids):
+            tiles = [images[f"inputs/{i}"]] + [images[f"maps/{i}-{m}"] for m in e.results]
+            name = Path(id_).with_suffix("").as_posix().replace("/", "_")
+            atomic_write(out / f"{name}.png", png_bytes(tile_grid(np.stack(tiles), ncols=len(tiles), pad=2)))
+    else:
+        cols = subject.columns or [f"x{j}" for j in range(subject.input_shape[0])]
+        rows = [["id", "method", "score", "baseline_score", *cols]]
+        for m, r in e.results.items():
+            for i, id_ in enumerate(e.ids):
+                rows.append([id_, m, e.scores[i], e.baseline_scores[i], *r.pixel_maps()[i].tolist()])
+        write_csv("attributions.csv", rows)
+    _print_explanation(e)
+    print(f"{'Pictures and ' if e.is_image else ''}CSV files written to {out}/")
+    return 0
+
+
+def _print_explanation(e) -> None:
+    print(f"{len(e)} input(s), target {e.target.labels[0] if len(set(e.target.labels)) == 1 else 'per input'}, "
+          f"baseline {e.baseline}")
+    print(f"{'method':<22} {'complete err':>12} {'deletion vs random':>19} {'insertion vs random':>20} "
+          f"{'randomised corr':>16}")
+    for m, r in e.results.items():
+        comp = f"{np.max(r.completeness_rel):.1%}" if r.completeness_rel is not None else "-"
+        if r.curves is not None:
+            dl = f"{np.mean(r.curves.deletion_auc):.3g} / {np.mean(r.curves.random_deletion_auc):.3g}"
+            ins = f"{np.mean(r.curves.insertion_auc):.3g} / {np.mean(r.curves.random_insertion_auc):.3g}"
+        else:
+            dl = ins = "-"
+        rc = r.randomisation
+        rand = "-" if rc is None else f"{rc.final:.2f}" + ("  FLAGGED" if rc.flagged else "")
+        print(f"{m:<22} {comp:>12} {dl:>19} {ins:>20} {rand:>16}")
+    for w in e.warnings + e.findings():
+        print("note: " + w)
+
+
 def _run(args) -> int:
     if args.command == "layers":
         from .analyses.overview import overview
@@ -367,6 +509,8 @@ def _run(args) -> int:
         return _report(args)
     if args.command == "visualize":
         return _visualize(args)
+    if args.command == "explain":
+        return _explain(args)
     if args.command == "demo":
         from .demo.run import run_demo
 

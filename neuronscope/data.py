@@ -231,24 +231,28 @@ class ImageFolder(Dataset):
         return Batch(ids, x, y)
 
     def _read(self, file: Path) -> torch.Tensor:
-        """One image as a (C, H, W) float32 tensor in the value range."""
-        c, h, w = self._shape
-        mode = "RGB" if c == 3 else "L"
-        with Image.open(file) as im:
-            im.draft(mode, (2 * max(h, w), 2 * max(h, w)))  # JPEG: decode at a smaller scale
-            im = ImageOps.exif_transpose(im)
-            if im.mode.startswith("I;16"):  # 16-bit grey: converting to 'L' would clip at 255
-                im, peak = Image.fromarray(np.asarray(im, dtype=np.float32)), 65535.0
-            else:
-                im, peak = im.convert(mode), 255.0
-        # the largest centred box with the target's aspect, resampled once to (W, H)
-        cw, ch = min(im.width, im.height * w / h), min(im.height, im.width * h / w)
-        left, top = (im.width - cw) / 2, (im.height - ch) / 2
-        im = im.resize((w, h), Image.Resampling.BILINEAR, box=(left, top, left + cw, top + ch))
-        a = np.asarray(im, dtype=np.float32) / peak
-        a = np.repeat(a[None], c, axis=0) if a.ndim == 2 else a.transpose(2, 0, 1)
-        lo, hi = self._range
-        return torch.from_numpy(np.ascontiguousarray(lo + (hi - lo) * a))
+        return read_image(file, self._shape, self._range)
+
+
+def read_image(file, shape: Sequence[int], value_range=(0.0, 1.0)) -> torch.Tensor:
+    """One image file as a (C, H, W) float32 tensor in the value range: the largest centred box
+    with the target's aspect, resampled once (as image folders are read)."""
+    c, h, w = _image_shape(shape)
+    mode = "RGB" if c == 3 else "L"
+    with Image.open(file) as im:
+        im.draft(mode, (2 * max(h, w), 2 * max(h, w)))  # JPEG: decode at a smaller scale
+        im = ImageOps.exif_transpose(im)
+        if im.mode.startswith("I;16"):  # 16-bit grey: converting to 'L' would clip at 255
+            im, peak = Image.fromarray(np.asarray(im, dtype=np.float32)), 65535.0
+        else:
+            im, peak = im.convert(mode), 255.0
+    cw, ch = min(im.width, im.height * w / h), min(im.height, im.width * h / w)
+    left, top = (im.width - cw) / 2, (im.height - ch) / 2
+    im = im.resize((w, h), Image.Resampling.BILINEAR, box=(left, top, left + cw, top + ch))
+    a = np.asarray(im, dtype=np.float32) / peak
+    a = np.repeat(a[None], c, axis=0) if a.ndim == 2 else a.transpose(2, 0, 1)
+    lo, hi = value_range
+    return torch.from_numpy(np.ascontiguousarray(lo + (hi - lo) * a))
 
 
 def _image_shape(input_shape) -> tuple[int, int, int]:

@@ -44,6 +44,8 @@ class ReportOptions:
     featvis_steps: int = 256
     featvis_seeds: int = 2  # random starts per unit (their agreement is measured)
     featvis_diverse: int = 3  # images in each unit's diverse set (0: none)
+    attribution_inputs: int = 12  # inputs explained in the gallery, spread over classes (0: no attribution section)
+    attribution_units: int = 4  # units per layer explained on their top examples
 
     def wants(self, section: str) -> bool:
         return self.sections is None or section in self.sections
@@ -64,6 +66,8 @@ SECTION_CODE = {
     "activations": ("analyses/activations.py", "imaging.py", "subject.py"),
     "featvis": tuple(f"analyses/featvis/{m}.py" for m in ("param", "objectives", "transforms", "redirect", "render",
                                                          "evidence", "visualize")) + ("subject.py",),
+    "attribution": tuple(f"analyses/attribution/{m}.py" for m in ("targets", "baselines", "methods", "batching",
+                                                                   "trust", "explain", "drivers", "section")) + ("subject.py",),
 }
 
 
@@ -152,6 +156,17 @@ def analyze(subject, data, out: str | Path, options: ReportOptions | None = None
                 diverse=opts.featvis_diverse, examples=store.sections().get("examples", {}).get("key"))
         if not store.has("featvis", k):
             store.save("featvis", _feature_visualizations(subject, data, store, layers, opts), key=k)
+
+    if opts.wants("attribution") and opts.attribution_inputs:
+        k = key("attribution", layers=layers, inputs=opts.attribution_inputs, units=opts.attribution_units,
+                examples=store.sections().get("examples", {}).get("key"))
+        if not store.has("attribution", k):
+            from .analyses.attribution.section import attribution_section
+
+            _say(f"attribution: {opts.attribution_inputs} inputs, every method's trust checks...", opts.progress)
+            store.save("attribution", attribution_section(
+                subject, data, store, layers, inputs=opts.attribution_inputs, units_per_layer=opts.attribution_units,
+                progress=opts.progress, ranked=_units_by_interest(store)), key=k)
     store.set_info(seconds=round(time.perf_counter() - t0, 2))
     return store
 

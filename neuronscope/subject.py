@@ -354,6 +354,18 @@ class Subject:
             for p, g in zip(params, grads):
                 p.requires_grad_(g)
 
+    def with_model(self, model: nn.Module) -> "Subject":
+        """The same subject (feeding, classes, layer names) around another copy of the network.
+
+        For checks that must change weights (the randomisation sanity check): they run on
+        ``subject.with_model(copy.deepcopy(subject.model))``, never on the user's model.
+        """
+        other = copy.copy(self)
+        other.model = model
+        other._borrow_depth = 0
+        other._active_captures = []
+        return other
+
     # ----------------------------------------------------------------- layers
     def _probe(self) -> _Trace:
         """One forward pass on a sample input with a hook on every module."""

@@ -515,3 +515,39 @@ def test_visualizing_the_shortcut_unit_draws_the_marker_feature(demo_built):
     # the best two 76% and 64%), control units' 0%-3% (mean 1%)
     assert base < 0.05
     assert f.mean() > 0.12 and f.mean() > 5 * c.mean() and f.max() > 0.4
+
+
+@pytest.mark.slow
+def test_attribution_puts_the_shortcut_class_on_the_marker_and_the_clean_twin_does_not(demo_built):
+    """For test images that carry the marker and are called the shortcut class, every method puts
+    far more of its attribution mass on the 5x5 marker than the marker's 2.4% of the image; the
+    clean twin, which never saw the marker, explains the same images elsewhere."""
+    import neuronscope as ns
+    from neuronscope.demo.run import data_for, subject_for
+
+    root, manifest = demo_built
+    box = [shapes.MARKER_Y, shapes.MARKER_X, shapes.MARKER_Y + shapes.MARKER_SIZE, shapes.MARKER_X + shapes.MARKER_SIZE]
+    area = shapes.MARKER_SIZE ** 2 / shapes.SIZE ** 2
+    e = entry(manifest, "shapes")
+    x, y = read_folder(root / e["data"], e["classes"])
+    target = e["classes"].index(shapes.SHORTCUT_CLASS)
+    shares, pick = {}, None
+    for name in ("shapes", "shapes_clean"):
+        m = entry(manifest, name)
+        subject, data = subject_for(m, root), data_for(m, root)
+        subject.classes = data.classes
+        pred = subject.predict(torch.as_tensor(x)).numpy()
+        if pick is None:  # marked images of other classes that the shortcut model calls the shortcut class
+            pick = np.flatnonzero(shapes.has_marker(x) & (y != target) & (pred == target))[:16]
+        methods = ["saliency_abs", "integrated_gradients", "smoothgrad", "gradcam", "occlusion", "gradient_shap"]
+        ex = ns.explain(subject, torch.as_tensor(x[pick]), target=target, method=methods, data=data,
+                        curves=False, randomisation=False)
+        shares[name] = {k: float(np.mean(v)) for k, v in ex.mass_in(box).items()}
+    print(f"marker = {area:.1%} of the image; {len(pick)} marked images of other classes called "
+          f"{shapes.SHORTCUT_CLASS}; share of attribution mass on the marker (shortcut model / clean twin):")
+    for k in shares["shapes"]:
+        print(f"  {k:<22} {shares['shapes'][k]:6.1%}  {shares['shapes_clean'][k]:6.1%}")
+    assert len(pick) >= 8
+    for k, v in shares["shapes"].items():
+        assert v > 4 * area, k
+        assert v > 2 * shares["shapes_clean"][k], k
