@@ -527,7 +527,12 @@ def _run(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "explain":  # INPUTs may come after options (argparse gives nargs="*" none there)
+        args.inputs += [a for a in extra if not a.startswith("-")]
+        extra = [a for a in extra if a.startswith("-")]
+    if extra:
+        parser.error("unrecognized arguments: " + " ".join(extra))
     if args.command is None:
         parser.print_help()
         return 2

@@ -100,9 +100,10 @@ def test_measured_choice_is_a_candidate_and_says_why(capsys):
     assert c.bytes_per_row > 3 * 12 * 12 * 4  # more than an input row
     assert c.rows * c.bytes_per_row <= c.memory_limit
     assert 0 < c.calibration_rows <= 0.07 * 50 * N + 4  # warm-up + at most the calibration share
-    assert "internal_batch_size" in c.reason and "ms/row" in c.reason
+    assert "rows per pass" in c.reason and "ms per row" in c.reason
     p = perturbation_batch(model, x, perturbations=36, model=model)
     assert p.source == "measured" and p.rows == p.size * N and 1 <= p.size <= 36
+    assert p.reason.startswith(f"perturbations_per_eval {p.size} ")
     assert capsys.readouterr() == ("", "")  # prints nothing
 
 

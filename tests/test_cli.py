@@ -119,3 +119,59 @@ def test_examples_command(model, images, tmp_path, capsys):
     assert (out / "units" / "1" / "0.html").exists() and (out / "examples.html").exists()
     assert main(["-q", "examples", *model, "--data", images, "--out", str(out), "-k", "0"]) == 2
     assert "k must be at least 1" in capsys.readouterr().err
+
+
+def test_explain_command_on_image_files_and_on_ids(model, images, tmp_path, capsys):
+    import csv
+
+    out = tmp_path / "why"
+    files = [f"{images}/cat/0.jpg", f"{images}/dog/1.jpg"]
+    assert main(["-q", "explain", *model, *files, "--target", "cat", "--classes", "cat,dog",
+                 "--method", "saliency,integrated_gradients", "--steps", "16", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "integrated_gradients" in printed and "randomised" in printed
+    assert sorted(p.name for p in out.glob("*.png")) == ["0.png", "1.png"]
+    rows = list(csv.DictReader(open(out / "explanations.csv")))
+    assert len(rows) == 4 and {r["target"] for r in rows} == {"class cat"}
+    assert {r["method"] for r in rows} == {"saliency", "integrated_gradients"}
+    assert (out / "randomisation.csv").exists()
+    # ids from --data; a unit target; no checks
+    out2 = tmp_path / "why2"
+    assert main(["-q", "explain", *model, "cat/2.jpg", "--data", images, "--target", "1:3", "--method", "saliency",
+                 "--no-checks", "--out", str(out2)]) == 0
+    assert (out2 / "cat_2.png").exists()
+
+
+def test_explain_command_errors_name_the_fix(model, images, tmp_path, capsys):
+    code = main(["explain", *model, f"{images}/cat/0.jpg", "--method", "integrated_gradient", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "integrated_gradients" in err and "Traceback" not in err
+    code = main(["explain", *model, "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "--data" in err
+    code = main(["explain", *model, "nope/0.jpg", "--data", images, "--out", str(tmp_path)])
+    assert code == 2 and "no example with id" in capsys.readouterr().err
+
+
+def test_explain_command_on_a_table(tmp_path, capsys):
+    import csv
+
+    (tmp_path / "lin.py").write_text(textwrap.dedent("""
+        import torch
+        from torch import nn
+
+        def make():
+            torch.manual_seed(0)
+            return nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    """))
+    rng = np.random.default_rng(1)
+    rows = ["a,b,c,y"] + [f"{a:.3f},{b:.3f},{c:.3f},{int(a > 0)}" for a, b, c in rng.normal(size=(30, 3))]
+    (tmp_path / "t.csv").write_text("\n".join(rows))
+    out = tmp_path / "why"
+    assert main(["-q", "explain", f"{tmp_path}/lin.py:make", "--data", str(tmp_path / "t.csv"), "--target-column", "y",
+                 "--limit", "3", "--method", "integrated_gradients,feature_ablation", "--out", str(out)]) == 0
+    table = list(csv.DictReader(open(out / "attributions.csv")))
+    assert len(table) == 6 and set(table[0]) >= {"a", "b", "c", "score", "baseline_score"}
+    ig = [r for r in table if r["method"] == "integrated_gradients"]
+    for r in ig:  # complete: the columns add up to f(x) - f(mean)
+        assert sum(float(r[c]) for c in "abc") == pytest.approx(float(r["score"]) - float(r["baseline_score"]), abs=1e-3)

@@ -133,11 +133,13 @@ def test_report_writes_a_site_and_resumes(image_folder, tmp_path, monkeypatch):
     s = Subject(small_cnn(), (3, 16, 16), classes=["dark", "light"])
     data = open_data(image_folder, input_shape=(3, 16, 16))
     out = tmp_path / "report"
-    index = report(s, data, out, ReportOptions(progress=False, featvis_units=0))
+    opts = ReportOptions(progress=False, featvis_units=0, attribution_inputs=4, attribution_units=1)
+    index = report(s, data, out, opts)
     assert index == out / "index.html"
     manifest = json.loads((out / "manifest.json").read_text())
-    assert set(manifest["sections"]) == {"overview", "filters", "sanity", "layer_stats", "activations", "examples"}
-    for page in ["index.html", "filters.html", "sanity.html", "activations.html", "layers.html"]:
+    assert set(manifest["sections"]) == {"overview", "filters", "sanity", "layer_stats", "activations", "examples",
+                                         "attribution"}
+    for page in ["index.html", "filters.html", "sanity.html", "activations.html", "layers.html", "attribution.html"]:
         html = (out / page).read_text()
         for src in re.findall(r'(?:src|href)="([^"#:]+)"', html):
             assert (out / src).exists(), f"{page} links to missing {src}"
@@ -156,13 +158,14 @@ def test_report_writes_a_site_and_resumes(image_folder, tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "analyze_filters", boom)
     monkeypatch.setattr(pipeline, "activation_maps", boom)
     monkeypatch.setattr(pipeline, "run_pass", boom)
-    analyze(s, data, out, ReportOptions(progress=False, featvis_units=0))
+    monkeypatch.setattr("neuronscope.analyses.attribution.section.attribution_section", boom)
+    analyze(s, data, out, opts)
 
     # Changed weights invalidate the sections.
     with torch.no_grad():
         s.model[0].weight.add_(0.1)
     with pytest.raises(AssertionError, match="recomputed"):
-        analyze(s, data, out, ReportOptions(progress=False, featvis_units=0))
+        analyze(s, data, out, opts)
 
 
 def test_store_round_trip(tmp_path):

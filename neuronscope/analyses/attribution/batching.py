@@ -117,6 +117,7 @@ class BatchChoice:
 class _Measured:
     per_row_s: dict[int, float]  # k (per input) -> seconds per row
     bytes_per_row: int
+    stopped: str = ""  # why bigger sizes were not timed: "no gain", "budget" (or "" when all were)
 
 
 # ---------------------------------------------------------------------------- memory
@@ -309,61 +310,66 @@ def _measure(job: _Job, forward, x: torch.Tensor, model, limit: int, gradient: b
     bytes_per_row = _estimate(forward, x[:w], model, backward=gradient)
     spent = w
     fits = [k for k in job.candidates() if k * n * bytes_per_row <= limit]
-    per_row: dict[int, float] = {}
+    m = _Measured({}, bytes_per_row)
     if len(fits) <= 1:  # nothing to compare: the only size that fits (or the smallest there is)
-        return _Measured(per_row, bytes_per_row), spent
+        return m, spent
     budget = CALIBRATION_SHARE * job.rows_total(job.kmin) + w
     timer = _time_gradient if gradient else _time_forward
     # The second candidate goes first: the first big pass also pays for fresh memory pages and
     # first-use costs, and that handicap must not fall on the smallest size.
-    for i, k in enumerate([fits[1], fits[0], *fits[2:]]):
+    order = [fits[1], fits[0], *fits[2:]]
+    for i, k in enumerate(order):
         if i >= 2 and spent + k * n > budget:
+            m.stopped = "budget"
             break
-        per_row[k] = timer(forward, x, k) / (k * n)
+        m.per_row_s[k] = timer(forward, x, k) / (k * n)
         spent += k * n
         if i == 0:
             continue
-        costs = {kk: job.cost(kk, v) for kk, v in per_row.items()}
+        costs = {kk: job.cost(kk, v) for kk, v in m.per_row_s.items()}
         top = max(costs)
         if costs[top] > (1 - TOLERANCE) * min(c for kk, c in costs.items() if kk != top):
+            m.stopped = "no gain" if i < len(order) - 1 else ""
             break  # the largest size so far is not clearly cheaper: larger ones will not be either
-    return _Measured(per_row, bytes_per_row), spent
+    return m, spent
+
+
+def _lead(k: int, n: int, what: str, unit: str) -> str:
+    if unit == "rows":
+        return f"{k * n} rows per pass ({k} step{'s' if k > 1 else ''} or sample{'s' if k > 1 else ''} per input)"
+    return f"{what} {k} ({k * n} rows per pass)"
 
 
 def _decide(job: _Job, m: _Measured, limit: int, what: str, unit: str) -> tuple[int, str]:
     """(k, reason) from the measurements."""
     n = job.n
     fits = [k for k in job.candidates() if k * n * m.bytes_per_row <= limit]
-    mem = f"estimated {_mib(m.bytes_per_row)} per row against a limit of {_mib(limit)} per pass"
+    mem = f"estimated {_mib(m.bytes_per_row)} per row, limit {_mib(limit)} per pass"
     if not fits:
         k = job.kmin
-        return k, (f"{what} {k * n if unit == 'rows' else k} ({k * n} rows), the smallest Captum allows, although "
-                   f"{mem} puts it over (split the input batch to go lower)")
+        return k, (f"{_lead(k, n, what, unit)}: the smallest Captum allows, although over the memory limit ({mem}); "
+                   "only splitting the input batch would use less")
     timed = {k: v for k, v in m.per_row_s.items() if k in fits}
     if not timed:
-        k = fits[-1] if len(fits) == 1 else fits[0]
-        why = "the only size that fits in memory" if len(fits) == 1 else "no timing available"
-        k = job.even(k)
-        return k, f"{what} {k * n if unit == 'rows' else k} ({k * n} rows): {why} ({mem})"
+        k = job.even(fits[0] if len(fits) == 1 else fits[0])
+        why = "the only size within the memory limit" if len(fits) == 1 else "no timings"
+        return k, f"{_lead(k, n, what, unit)}: {why} ({mem})"
     costs = {k: job.cost(k, v) for k, v in timed.items()}
     low = min(costs.values())
     k = min(k for k, c in costs.items() if c <= (1 + TOLERANCE) * low)
-    fastest = min(costs, key=costs.get)
-    k_even = job.even(k)
-    measured = ", ".join(f"{kk * n}: {1e3 * v:.3g}" for kk, v in sorted(timed.items()))
+    pick = ("fastest per row" if min(costs, key=costs.get) == k
+            else f"the smallest within {100 * TOLERANCE:.0f}% of the fastest per row")
+    measured = ", ".join(f"{1e3 * v:.3g} at {kk * n}" for kk, v in sorted(timed.items()))
     bigger = [kk for kk in job.candidates() if kk > max(timed)]
-    if not bigger:
+    if bigger and bigger[0] not in fits:
+        tail = f"; {bigger[0] * n} rows would exceed the memory limit ({mem})"
+    elif bigger and m.stopped == "budget":
+        tail = "; bigger passes not timed (calibration budget)"
+    elif bigger:
+        tail = "; bigger passes not timed (no gain from the last doubling)"
+    else:
         tail = ""
-    elif bigger[0] not in fits:
-        tail = f"; {bigger[0] * n} rows would pass the memory limit ({mem})"
-    else:
-        tail = "; larger passes were not measured (no gain at the last step, or the calibration budget)"
-    lead = f"{what} {k_even * n if unit == 'rows' else k_even} ({k_even} per input, {k_even * n} rows per pass)"
-    if fastest != k:
-        pick = f"the smallest within {100 * TOLERANCE:.0f}% of the fastest per row"
-    else:
-        pick = "the fastest per row"
-    return k_even, f"{lead}: {pick} of ms/row measured at {measured}{tail}"
+    return job.even(k), f"{_lead(job.even(k), n, what, unit)}: {pick} (ms per row: {measured}){tail}"
 
 
 def _choose(kind: str, forward, x: torch.Tensor, total: int, override, key, model, *, kmin: int,
@@ -380,7 +386,7 @@ def _choose(kind: str, forward, x: torch.Tensor, total: int, override, key, mode
         size = k * n if unit == "rows" else k
         note = "" if size == value else f" ({value} given; Captum would use {size})"
         return BatchChoice(size=size, rows=k * n, per_row_s={}, bytes_per_row=0, memory_limit=limit,
-                           reason=f"{what} {size} ({k * n} rows per pass): set by the caller{note}",
+                           reason=f"{_lead(k, n, what, unit)}: set by the caller{note}",
                            source="override", per_input=k)
     cache_key = None if key is None else (kind, key, n, overlap, torch.get_num_threads(), str(x.device), x.dtype)
     measured = _CACHE.get(cache_key) if cache_key is not None else None

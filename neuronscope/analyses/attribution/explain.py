@@ -202,9 +202,10 @@ class Explanation:
         for name, r in self.results.items():
             rc = r.randomisation
             if rc is not None and rc.flagged:
-                out.append(f"{r.method.title}: its maps barely change when the model's weights are randomised "
-                           f"(rank correlation {rc.final:.2f} with the trained model's maps, threshold "
-                           f"{rc.threshold}): they do not show what the model learned.")
+                out.append(f"{r.method.title}: its maps change little when the model's weights are randomised "
+                           f"(rank correlation {rc.final:.2f} with the trained model's maps; flagged from "
+                           f"{rc.threshold}): much of what they show comes from the input itself, not from what "
+                           "the model learned.")
             if r.curves is not None:
                 d, ins = r.curves.gains()
                 if np.mean(d) < 0 and np.mean(ins) < 0:
@@ -289,15 +290,17 @@ GRADIENT_KINDS = ("integrated_gradients", "smoothgrad", "smoothgrad_sq", "vargra
 
 
 def _chooser(subject: Subject, target: Target, x: torch.Tensor, override: int | None, record: dict):
+    model = subject.model if subject.hookable else None  # TorchScript modules take no hooks
+
     def choose(kind: str, evaluations: int):
         key = _batch_key(subject, kind, len(x))
         if kind in GRADIENT_KINDS:
             c = batching.gradient_batch(target.forward, x, evaluations=evaluations, override=override, key=key,
-                                        model=subject.model)
+                                        model=model)
         else:
             per_eval = None if override is None else max(1, override // len(x))  # rows -> perturbations per pass
             c = batching.perturbation_batch(target.forward, x, perturbations=evaluations, override=per_eval,
-                                            key=key, model=subject.model)
+                                            key=key, model=model)
         record[kind] = c
         return c
     return choose
@@ -331,7 +334,9 @@ def explain(subject: Subject, inputs, target="predicted", method: str | Sequence
     t0 = time.perf_counter()
     image = len(subject.input_shape) == 3
     names = [method] if isinstance(method, str) else list(method or (DEFAULT_IMAGE if image else DEFAULT_VECTOR))
-    if method is None and not subject.hookable:  # a TorchScript model: no layer to read for Grad-CAM
+    if method is None and (not subject.hookable or subject.fixed_batch):
+        # TorchScript: no layer to read for Grad-CAM; a fixed-batch export: Captum's layer hooks
+        # would see only the last padded chunk
         names = [n for n in names if not METHODS[n].layer]
     methods = [get_method(n, allow_guided=allow_guided, image=image) for n in names]
     for opt, v in (("n_steps", n_steps), ("samples", samples), ("chunk", chunk)):
@@ -392,7 +397,10 @@ def explain(subject: Subject, inputs, target="predicted", method: str | Sequence
             with torch.no_grad():
                 for r in results.values():
                     r.curves = deletion_insertion(_row_score(tgt), x, _curve_maps(r), base)
-        if randomisation:
+        if randomisation and not subject.hookable:
+            warnings.append("The randomisation sanity check was skipped: a TorchScript model's layers cannot be "
+                            "reached to randomise them (give the model as file.py:factory or a .pt2 export).")
+        elif randomisation:
             k = min(check_sample, n)
             for m in methods:
                 results[m.name].randomisation = _randomisation(subject, m, tgt.rows(k), x[:k], base[:k], layer,

@@ -188,6 +188,10 @@ def default_cam_layer(subject: Subject, before: str | None = None) -> str:
 
 
 def cam_module(subject: Subject, layer: str) -> nn.Module:
+    if subject.fixed_batch:
+        raise UnsupportedError(f"This model was exported at a fixed batch of {subject.fixed_batch}: inputs go through "
+                               "in padded chunks, and Grad-CAM's layer hook would see only the last one. Use "
+                               "integrated_gradients, smoothgrad or occlusion, or export the model with a dynamic batch.")
     info = subject.layer(layer)
     if info.output_shape is None or len(info.output_shape) != 3:
         raise OptionError(f"Grad-CAM needs a layer with a (channels, height, width) output; {layer!r} gives "

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ...data import Batch
+from ...errors import NeuronscopeError
 from ...units import slug
 from .drivers import ClassDrivers, class_drivers
 from .explain import Explanation, explain
@@ -71,35 +72,47 @@ class AttributionSection:
         return s
 
 
-def pick_inputs(data, n: int, limit: int = 4096) -> Batch:
-    """Up to ``n`` examples spread over the classes (the first of each class in turn), or the
-    first ``n`` when the data is unlabelled."""
-    chosen: dict[int, list[int]] = {}
-    parts = []
-    seen = 0
-    for batch in data.batches(256, limit=limit):
-        parts.append(batch)
-        seen += len(batch)
-        if batch.y is None or seen >= limit:
-            break
-    allb = Batch.cat(parts)
+def pick_inputs(data, n: int, pool: int = 2048) -> Batch:
+    """Up to ``n`` examples spread over the classes (the first of each class in turn) from a pool
+    of ``pool`` examples evenly spaced over the data (folders list one class after another), or
+    the first ``n`` when the data is unlabelled."""
+    ids = data.ids()
+    step = max(1, len(ids) // pool)
+    try:
+        allb = Batch.cat([data.get(ids[s:s + 256 * step:step]) for s in range(0, len(ids), 256 * step)][:pool])
+    except NeuronscopeError:  # an unreadable file among them: read in order instead
+        allb = Batch.cat(list(data.batches(256, limit=pool)))
     if allb.y is None or allb.y.dtype.is_floating_point:
         keep = list(range(min(n, len(allb))))
     else:
+        by_class: dict[int, list[int]] = {}
         for i, y in enumerate(allb.y.tolist()):
-            chosen.setdefault(int(y), []).append(i)
+            by_class.setdefault(int(y), []).append(i)
         keep, r = [], 0
         while len(keep) < min(n, len(allb)):
-            added = False
-            for k in sorted(chosen):
-                if r < len(chosen[k]) and len(keep) < n:
-                    keep.append(chosen[k][r])
-                    added = True
-            if not added:
+            row = [members[r] for _, members in sorted(by_class.items()) if r < len(members)]
+            if not row:
                 break
+            keep += row[: n - len(keep)]
             r += 1
         keep.sort()
     return Batch([allb.ids[i] for i in keep], allb.x[keep], None if allb.y is None else allb.y[keep])
+
+
+class _Picked:
+    """A Batch read like a dataset (``len``, ``batches``): the class-balanced sample for drivers."""
+
+    def __init__(self, batch: Batch, classes):
+        self.batch, self.classes = batch, classes
+
+    def __len__(self) -> int:
+        return len(self.batch)
+
+    def batches(self, batch_size: int = 64, *, limit: int | None = None):
+        n = len(self) if limit is None else min(limit, len(self))
+        for s in range(0, n, batch_size):
+            e = min(s + batch_size, n)
+            yield Batch(self.batch.ids[s:e], self.batch.x[s:e], None if self.batch.y is None else self.batch.y[s:e])
 
 
 def _driver_layer(subject, layers) -> str | None:
@@ -121,8 +134,10 @@ def attribution_section(subject, data, store, layers, *, inputs: int = 12, units
     if subject.task == "classification" and subject.hookable:
         layer = _driver_layer(subject, layers)
         if layer is not None:
-            drivers = class_drivers(subject, data, layer, by="label" if data.classes is not None else "prediction",
-                                    limit=512, progress=progress)
+            # a class-balanced sample: data folders list one class after another
+            sample = _Picked(pick_inputs(data, 512), data.classes)
+            drivers = class_drivers(subject, sample, layer, by="label" if data.classes is not None else "prediction",
+                                    progress=progress)
     unit_results = []
     image = len(subject.input_shape) == 3
     if image and store is not None and store.has("examples") and units_per_layer:
