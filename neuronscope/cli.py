@@ -202,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and the model-randomisation sanity check (Adebayo et al. 2018), run on a copy of "
                                    "the model. Writes one PNG per input (the input, then one overlay per method; red "
                                    "pushes the target up, blue down) and explanations.csv; for models on vectors, "
-                                   "attributions.csv with one column per input column.",
+                                   "attributions.csv with one column per input column and a waterfall chart (SVG) "
+                                   "per input and signed method, from the baseline's output to the input's.",
                        epilog="INPUT is an image file, or an example id in --data; with --data and no INPUT, the first "
                               "--limit examples (default 8). --target is 'predicted' (default), a class name or index, "
                               "an output index (regression), or a unit such as 'conv3:5' (which parts of the input "
@@ -469,8 +470,19 @@ def _explain(args) -> int:
             for i, id_ in enumerate(e.ids):
                 rows.append([id_, m, e.scores[i], e.baseline_scores[i], *r.pixel_maps()[i].tolist()])
         write_csv("attributions.csv", rows)
+        from .website.svg import waterfall
+
+        for m, r in e.results.items():  # waterfalls from the baseline's output to each input's
+            if not r.signed:
+                continue
+            for i, id_ in enumerate(e.ids):
+                chart = waterfall(cols, r.pixel_maps()[i].tolist(), float(e.baseline_scores[i]), float(e.scores[i]),
+                                  gap_label="completeness gap" if r.method.complete else "not in the bars")
+                name = Path(str(id_)).as_posix().replace("/", "_")
+                atomic_write(out / f"{name}-{m}.svg",
+                             f'<?xml version="1.0" encoding="utf-8"?>\n{chart}'.replace("<svg ", '<svg xmlns="http://www.w3.org/2000/svg" ', 1).encode())
     _print_explanation(e)
-    print(f"{'Pictures and ' if e.is_image else ''}CSV files written to {out}/")
+    print(f"{'Pictures' if e.is_image else 'Waterfall charts (SVG)'} and CSV files written to {out}/")
     return 0
 
 

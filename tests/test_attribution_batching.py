@@ -60,7 +60,7 @@ def test_override_is_used_as_captum_would_use_it():
     assert (c.size, c.rows, c.per_input, c.source, c.per_row_s) == (3 * N, 3 * N, 3, "override", {})
     assert "set by the caller" in c.reason
     c = gradient_batch(model, x, evaluations=10, override=3 * N + 2)  # Captum takes whole steps
-    assert (c.size, c.rows) == (3 * N, 3 * N) and f"{3 * N + 2} given" in c.reason
+    assert (c.size, c.rows) == (3 * N, 3 * N) and f"{3 * N + 2} given, rounded down" in c.reason
     c = gradient_batch(model, x, evaluations=10, override=1)  # below N: Captum uses N
     assert (c.size, c.rows) == (N, N)
     c = gradient_batch(model, x, evaluations=10, override=10_000)  # above the job: one pass
@@ -105,6 +105,15 @@ def test_measured_choice_is_a_candidate_and_says_why(capsys):
     assert p.source == "measured" and p.rows == p.size * N and 1 <= p.size <= 36
     assert p.reason.startswith(f"perturbations_per_eval {p.size} ")
     assert capsys.readouterr() == ("", "")  # prints nothing
+
+
+def test_works_inside_no_grad_and_leaves_the_input_alone():
+    model, x = small_cnn(), inputs().requires_grad_(True)
+    with torch.no_grad():
+        c = gradient_batch(model, x, evaluations=10, model=model)
+        p = perturbation_batch(model, x, perturbations=10, model=model)
+    assert c.per_row_s and p.per_row_s
+    assert x.grad is None and all(q.grad is None for q in model.parameters())
 
 
 def test_forward_without_model_still_estimates_memory():

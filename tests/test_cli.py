@@ -172,6 +172,7 @@ def test_explain_command_on_a_table(tmp_path, capsys):
                  "--limit", "3", "--method", "integrated_gradients,feature_ablation", "--out", str(out)]) == 0
     table = list(csv.DictReader(open(out / "attributions.csv")))
     assert len(table) == 6 and set(table[0]) >= {"a", "b", "c", "score", "baseline_score"}
+    assert (out / "2-integrated_gradients.svg").read_text().count("<rect") >= 3
     ig = [r for r in table if r["method"] == "integrated_gradients"]
     for r in ig:  # complete: the columns add up to f(x) - f(mean)
         assert sum(float(r[c]) for c in "abc") == pytest.approx(float(r["score"]) - float(r["baseline_score"]), abs=1e-3)

@@ -53,6 +53,13 @@ def test_cifar_filters_and_report_on_the_swan_and_generated_images(tmp_path, cap
     acts = manifest["sections"]["activations"]["summary"]
     assert [l["layer"] for l in acts["layers"]] == ["relu1", "relu2", "relu3", "relu4", "fc3"]
     assert acts["example_id"] == "bird/swan.jpg"
+    att = manifest["sections"]["attribution"]["summary"]
+    assert [m["name"] for m in att["methods"]] == ["integrated_gradients", "smoothgrad", "gradcam", "occlusion"]
+    assert att["n"] == 5 and att["image"]
+    assert next(m for m in att["methods"] if m["name"] == "gradcam")["layer"] == "relu2"  # last map bigger than 1x1
+    assert "randomisation" in next(m for m in att["methods"] if m["name"] == "smoothgrad")
+    page = (out / "attribution.html").read_text()
+    assert "bird/swan.jpg" in page and "maps/0-occlusion.png" in page
 
 
 def _rows(n, ranges, seed=0):
@@ -73,6 +80,11 @@ def test_california_regressor(tmp_path):
     assert m["sections"]["sanity"]["summary"]["task"] == "regression"
     assert m["sections"]["filters"]["summary"]["kind"] == "dense-table"
     assert "lin4" in [l["layer"] for l in m["sections"]["activations"]["summary"]["layers"]]
+    att = m["sections"]["attribution"]["summary"]
+    assert att["target_kind"] == "output" and att["baseline"] == "mean" and not att["image"]
+    ig = next(x for x in att["methods"] if x["name"] == "integrated_gradients")
+    assert ig["completeness_rel_max"] < 0.05
+    assert "<svg" in (out / "attribution.html").read_text()  # waterfalls from the mean row's price to each row's
 
 
 def test_titanic_classifier_ending_in_softmax(tmp_path):
@@ -97,6 +109,9 @@ def test_titanic_classifier_ending_in_softmax(tmp_path):
     layers = [l["layer"] for l in m["sections"]["activations"]["summary"]["layers"]]
     assert layers[-1] == "linear3" and "softmax" not in layers, "logits are read before the Softmax"
     assert m["sections"]["sanity"]["summary"]["n"] == n
+    att = m["sections"]["attribution"]["summary"]
+    assert att["columns"][:2] == ["age", "sibsp"] and att["target_kind"] == "class"
+    assert att["drivers"]["layer"] == "sigmoid2" and set(att["drivers"]["sentences"]) == {"died", "survived"}
 
 
 def test_feature_visualization_of_the_cifar_net_and_the_titanic_classifier(tmp_path, capsys):

@@ -40,8 +40,9 @@ The choice, for ``k`` = evaluations (or perturbations) per input per pass, ``row
    backward), plus ``INPUT_COPIES`` copies of an input row (Captum's scaled/noisy inputs, their
    gradients, the products); for perturbation methods (no backward) the factor is 1. A forward
    that keeps nothing for backward and gets no ``model`` falls back to the input plus the output.
-   Measured against peak RSS of Captum IG on the benchmark's CNN and ResNet, the marginal memory
-   was 1.2x the saved bytes, so the estimate errs on the safe side. The limit is ``MEMORY_FRACTION``
+   Against the peak RSS of Captum IG at 32 to 256 rows per pass on the benchmark's CNN (64x64)
+   and ResNet (128x128), the memory per extra row was about 1.2x the saved bytes (2.0 and 8.0 MiB)
+   where the estimate says 4.3 and 15.5 MiB: about 2x on the safe side. The limit is ``MEMORY_FRACTION``
    (1/4) of free memory: ``torch.cuda.mem_get_info`` plus the caching allocator's unused reserve on
    CUDA, ``MemAvailable`` from ``/proc/meminfo`` on Linux CPUs, ``FALLBACK_FREE`` (2 GiB of free
    memory, so a 512 MiB limit) elsewhere. No size whose estimate exceeds the limit is measured or
@@ -205,7 +206,8 @@ def _estimate(forward, xw: torch.Tensor, model: nn.Module | None, backward: bool
     kept = max(sum(saved.values()), sum(outputs.values())) / rows
     held.clear()
     if backward and isinstance(out, torch.Tensor) and out.requires_grad:
-        torch.autograd.grad(_score(out), xr)
+        with torch.enable_grad():
+            torch.autograd.grad(_score(out), xr)
     _syncer(xw)()
     input_row = xw[0].numel() * xw.element_size()
     if kept == 0 and isinstance(out, torch.Tensor):  # nothing saved and no model: the output alone
@@ -294,7 +296,9 @@ class _Job:
 
 
 def _mib(b: float) -> str:
-    return f"{b / 2**20:.0f} MiB" if b >= 2**20 else f"{b / 2**10:.0f} KiB"
+    if b >= 2**20:
+        return f"{b / 2**20:.1f} MiB" if b < 10 * 2**20 else f"{b / 2**20:.0f} MiB"
+    return f"{b / 2**10:.0f} KiB" if b >= 2**10 else f"{b:.0f} bytes"
 
 
 def _validate_count(value, what: str) -> int:
@@ -351,8 +355,11 @@ def _decide(job: _Job, m: _Measured, limit: int, what: str, unit: str) -> tuple[
                    "only splitting the input batch would use less")
     timed = {k: v for k, v in m.per_row_s.items() if k in fits}
     if not timed:
-        k = job.even(fits[0] if len(fits) == 1 else fits[0])
-        why = "the only size within the memory limit" if len(fits) == 1 else "no timings"
+        k = job.even(fits[0])
+        if len(job.candidates()) == 1:
+            why = "the only size possible"
+        else:
+            why = "the only size within the memory limit" if len(fits) == 1 else "no timings"
         return k, f"{_lead(k, n, what, unit)}: {why} ({mem})"
     costs = {k: job.cost(k, v) for k, v in timed.items()}
     low = min(costs.values())
@@ -382,9 +389,17 @@ def _choose(kind: str, forward, x: torch.Tensor, total: int, override, key, mode
     if override is not None:
         value = _validate_count(override, "The batch size override" if unit == "rows"
                                 else "The perturbations-per-evaluation override")
-        k = job.clip(value // n if unit == "rows" else value)
+        asked = value // n if unit == "rows" else value
+        k = job.clip(asked)
         size = k * n if unit == "rows" else k
-        note = "" if size == value else f" ({value} given; Captum would use {size})"
+        if size == value:
+            note = ""
+        elif asked > k:
+            note = f" ({value} given, cut to the whole job: more would only take memory)"
+        elif asked < k:
+            note = f" ({value} given, raised to Captum's minimum)"
+        else:
+            note = f" ({value} given, rounded down to whole steps as Captum does)"
         return BatchChoice(size=size, rows=k * n, per_row_s={}, bytes_per_row=0, memory_limit=limit,
                            reason=f"{_lead(k, n, what, unit)}: set by the caller{note}",
                            source="override", per_input=k)

@@ -402,10 +402,13 @@ def explain(subject: Subject, inputs, target="predicted", method: str | Sequence
                             "reached to randomise them (give the model as file.py:factory or a .pt2 export).")
         elif randomisation:
             k = min(check_sample, n)
+            bar = progress_bar(total=len(methods), desc="randomisation check", unit="method", enabled=progress)
             for m in methods:
                 results[m.name].randomisation = _randomisation(subject, m, tgt.rows(k), x[:k], base[:k], layer,
                                                                n_steps, samples, noise, window, stride, seed,
                                                                batch_size)
+                bar.update(1)
+            bar.close()
     labels = None
     if label_idx is not None and subject.task == "classification":
         labels = [subject.classes[k] if 0 <= k < len(subject.classes) else None for k in label_idx]
