@@ -43,7 +43,7 @@ class MethodResult:
     maps: torch.Tensor  # (N, *input_shape), or (N, H, W) for layer methods
     layer: str | None = None
     completeness: np.ndarray | None = None  # (N,) |sum of attributions - (f(x) - f(baseline))|
-    completeness_rel: np.ndarray | None = None  # the same over |f(x) - f(baseline)|
+    completeness_rel: np.ndarray | None = None  # the same over |f(x) - f(baseline)| (floored: see explain)
     curves: DeletionInsertion | None = None
     randomisation: RandomisationCheck | None = None
     batch: object | None = None  # the batching choice (BatchChoice) when the method batches
@@ -383,7 +383,10 @@ def explain(subject: Subject, inputs, target="predicted", method: str | Sequence
                 delta = torch.cat([e["delta"] for e in extras]).abs().cpu().numpy()
                 gap = np.abs(scores - base_scores)
                 r.completeness = delta
-                r.completeness_rel = delta / np.maximum(gap, 1e-12)
+                # Relative to |f(x) - f(baseline)|, floored at a tenth of the batch's median gap: an
+                # input whose output barely differs from the baseline's would turn any rounding into
+                # a huge share.
+                r.completeness_rel = delta / np.maximum(gap, max(0.1 * float(np.median(gap)), 1e-12))
             r.seconds = time.perf_counter() - t
             results[m.name] = r
         bar.close()

@@ -175,12 +175,16 @@ def _feature_ablation(ctx: Context):
 
 
 def default_cam_layer(subject: Subject, before: str | None = None) -> str:
-    """The last layer with a spatial map bigger than 1x1 (the usual Grad-CAM choice), before
+    """The last non-pooling layer with a spatial map bigger than 1x1 (the usual Grad-CAM choice), before
     ``before`` when the target is a unit of that layer."""
     layers = subject.layers
     stop = next((i for i, info in enumerate(layers) if info.name == before), len(layers)) if before else len(layers)
-    candidates = [info.name for info in layers[:stop] if info.output_shape and len(info.output_shape) == 3
+    candidates = [info for info in layers[:stop] if info.output_shape and len(info.output_shape) == 3
                   and info.output_shape[1] * info.output_shape[2] > 1 and info.call is None]
+    # Grad-CAM reads the last convolutional features: skip pooling (coarser, same channels) unless
+    # nothing else is left.
+    features = [i for i in candidates if "pool" not in i.type.lower()]
+    candidates = [i.name for i in (features or candidates)]
     if not candidates:
         raise UnsupportedError("Grad-CAM needs a layer with a spatial map; this model has none "
                                + (f"before {before}." if before else "(is it an image model?)."))
