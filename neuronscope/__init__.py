@@ -9,6 +9,7 @@ What did the network learn, which features does it care about, and why::
     ns.activation_maps(subject, x)      # what every layer does with one input
     ns.visualize(subject, "conv3:5", data=data)   # what input a unit wants most, with evidence
     ns.explain(subject, x, target="cat")         # which parts of x made it a cat, and can we trust that
+    ns.tabular(subject, table)                   # networks on vectors: the logistic reading, column importance
     ns.report(subject, data, "out/")    # everything, as a static site
 """
 
@@ -17,6 +18,9 @@ __version__ = "0.1.0"
 from .analyses.activations import activation_maps, layer_stats  # noqa: E402
 from .analyses import attribution, featvis  # noqa: E402
 from .analyses.attribution import class_drivers, explain  # noqa: E402
+from .analyses.tabular.importance import column_importance  # noqa: E402
+from .analyses.tabular.logistic import logistic_reading  # noqa: E402
+from .analyses.tabular.section import tabular  # noqa: E402
 from .analyses.examples import examples  # noqa: E402
 from .analyses.featvis import accentuate, visualize  # noqa: E402
 from .analyses.filters import analyze_filters as filters  # noqa: E402
@@ -32,6 +36,6 @@ from .units import Unit, parse_unit  # noqa: E402
 
 __all__ = [
     "NeuronscopeError", "ReportOptions", "Store", "Subject", "Unit", "accentuate", "activation_maps", "analyze",
-    "attribution", "class_drivers", "examples", "explain", "featvis", "filters", "layer_stats", "load_model", "open_data", "overview", "parse_unit", "report", "sanity", "visualize",
+    "attribution", "class_drivers", "column_importance", "examples", "explain", "logistic_reading", "tabular", "featvis", "filters", "layer_stats", "load_model", "open_data", "overview", "parse_unit", "report", "sanity", "visualize",
     "__version__",
 ]

@@ -42,6 +42,7 @@ examples:
   neuronscope visualize net.py:make_net --weights w.pt --input-shape 3,32,32 conv3:5 --out vis/
   neuronscope visualize net.py:make_net --weights w.pt --input-shape 3,32,32 class:cat --data images/ --out vis/
   neuronscope explain net.py:make_net --weights w.pt --input-shape 3,32,32 cat.png --target cat --out why/
+  neuronscope tabular mlp.py:make --weights w.pt --data table.csv --target y --out cols/
   neuronscope serve report/
 """
 
@@ -234,6 +235,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the PNGs and CSV files")
     p.add_argument("--seed", type=int, default=0)
 
+    p = sub.add_parser("tabular", help="which input columns matter, and the logistic-regression reading", formatter_class=fmt,
+                       description="For a network on plain numeric vectors (a table): a one-layer network read exactly as "
+                                   "the logistic regression (or OLS, or multinomial logit) it is, with standard errors "
+                                   "from the Fisher information at its own weights, or the reason that reading does "
+                                   "not hold (perfect separation, not a maximum-likelihood fit); for deeper networks, "
+                                   "column importance by permutation (with intervals), Shapley value sampling and "
+                                   "integrated gradients side by side, partial dependence and ICE curves, interaction "
+                                   "strength, and how closely a logistic regression imitates the network. Writes "
+                                   "logistic.csv, importance.csv and the report pages into DIR.")
+    _add_model_args(p)
+    _add_data_args(p, required=True)
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the CSV files, the results store and the pages")
+
     p = sub.add_parser("demo", help="train the built-in demo models and write their report", formatter_class=fmt,
                        description="Generate the demo data sets (shortcut shapes, digits, tabular), train "
                                    "small models on them (cached after the first run) and report on each.")
@@ -286,19 +300,51 @@ def _report(args) -> int:
     subject = _subject_from_args(args, columns=data.columns, input_shape=data.input_shape)
     if args.classes is None and data.classes is not None:
         subject.classes = data.classes  # names from the data's class folders or label column
-    opts = ReportOptions(layers=args.layers.split(",") if args.layers else None, limit=args.limit,
-                         batch_size=args.batch_size, progress=not args.quiet)
+    layers = getattr(args, "layers", None)
+    opts = ReportOptions(layers=layers.split(",") if layers else None, limit=args.limit,
+                         batch_size=getattr(args, "batch_size", 64), progress=not args.quiet)
     if args.command == "examples":
         opts.k, opts.reduce, opts.max_units = args.k, args.reduce, args.pictures
         opts.sections = ("overview", "examples")
+    elif args.command == "tabular":
+        if len(data.input_shape) != 1:
+            raise NeuronscopeError("neuronscope tabular is for networks on numeric vectors (a table or an array of rows); "
+                                   "for images use explain, visualize or report.")
+        opts.sections = ("overview", "sanity", "tabular")
     else:
         opts.example = args.example
         opts.featvis_units, opts.featvis_steps = args.visualize, args.vis_steps
         opts.attribution_inputs = args.explain
     index = report(subject, data, args.out, opts)
+    if args.command == "tabular":
+        return _tabular_files(Path(args.out))
     page = index if args.command == "report" else index.with_name("examples.html")
     print(f"{'Report' if args.command == 'report' else 'Dataset examples'} written: {page}\n"
           f"Open it in a browser, or run: neuronscope serve {args.out}")
+    return 0
+
+
+def _tabular_files(out: Path) -> int:
+    """logistic.csv and importance.csv beside the pages, from the store, for users who script."""
+    import csv
+    import io
+
+    from .atomic import atomic_write
+    from .store import Store
+
+    store = Store(out)
+    tables = store.sections()["tabular"]["tables"]
+    for name, file in (("logistic", "logistic.csv"), ("importance", "importance.csv")):
+        if name in tables:
+            t = store.table("tabular", name)
+            buf = io.StringIO()
+            csv.writer(buf).writerows([list(t)] + [list(r) for r in zip(*t.values())])
+            atomic_write(out / file, buf.getvalue().encode())
+    s = store.summary("tabular")
+    for line in s.get("findings", []):
+        print(textwrap.fill(line, 100))
+    print(f"\n{'logistic.csv, ' if 'logistic' in tables else ''}importance.csv and the pages written to {out}/ "
+          f"(open {out / 'tabular.html'})")
     return 0
 
 
@@ -517,7 +563,7 @@ def _run(args) -> int:
         index = report(_subject_from_args(args), None, args.out, ReportOptions(progress=not args.quiet))
         print(f"Filters written: {index}")
         return 0
-    if args.command in ("report", "examples"):
+    if args.command in ("report", "examples", "tabular"):
         return _report(args)
     if args.command == "visualize":
         return _visualize(args)

@@ -46,6 +46,7 @@ class ReportOptions:
     featvis_diverse: int = 3  # images in each unit's diverse set (0: none)
     attribution_inputs: int = 12  # inputs explained in the gallery, spread over classes (0: no attribution section)
     attribution_units: int = 4  # units per layer explained on their top examples
+    tabular: bool = True  # networks on vectors: the logistic reading, column importance, PD/ICE, surrogate
 
     def wants(self, section: str) -> bool:
         return self.sections is None or section in self.sections
@@ -68,6 +69,8 @@ SECTION_CODE = {
                                                          "evidence", "visualize")) + ("subject.py",),
     "attribution": tuple(f"analyses/attribution/{m}.py" for m in ("targets", "baselines", "methods", "batching",
                                                                    "trust", "explain", "drivers", "section")) + ("subject.py",),
+    "tabular": tuple(f"analyses/tabular/{m}.py" for m in ("logistic", "importance", "surrogate", "hidden", "section"))
+    + ("subject.py",),
 }
 
 
@@ -167,6 +170,13 @@ def analyze(subject, data, out: str | Path, options: ReportOptions | None = None
             store.save("attribution", attribution_section(
                 subject, data, store, layers, inputs=opts.attribution_inputs, units_per_layer=opts.attribution_units,
                 progress=opts.progress, ranked=_units_by_interest(store)), key=k)
+    if opts.wants("tabular") and opts.tabular and len(subject.input_shape) == 1:
+        k = key("tabular", limit=opts.limit)
+        if not store.has("tabular", k):
+            from .analyses.tabular.section import tabular
+
+            _say("columns: logistic reading, importance, partial dependence...", opts.progress)
+            store.save("tabular", tabular(subject, data, limit=opts.limit or 2000, progress=opts.progress), key=k)
     store.set_info(seconds=round(time.perf_counter() - t0, 2))
     return store
 

@@ -14,7 +14,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from ..atomic import atomic_write
 from ..store import Store
 from ..units import slug
-from . import attribution_pages, featvis_pages, svg, unit_pages
+from . import attribution_pages, featvis_pages, svg, tabular_pages, unit_pages
 
 #: Pages in navigation order: (section in the store, file, title). "overview" is index.html.
 PAGES = [
@@ -25,6 +25,7 @@ PAGES = [
     ("examples", "examples.html", "Dataset examples"),
     ("featvis", "featvis.html", "Feature visualization"),
     ("attribution", "attribution.html", "Attribution"),
+    ("tabular", "tabular.html", "Columns"),
     ("layer_stats", "layers.html", "Layer statistics"),
 ]
 
@@ -36,7 +37,8 @@ def _env() -> Environment:
     env.filters["num"] = lambda v, d=3: "–" if v is None else (f"{v:,}" if isinstance(v, int) else f"{v:.{d}g}")
     env.filters["shape"] = lambda s: "×".join(map(str, s)) if s else "?"
     env.filters["slug"] = slug
-    env.globals.update(svg_histogram=svg.histogram, svg_bars=svg.bars, svg_waterfall=svg.waterfall)
+    env.globals.update(svg_histogram=svg.histogram, svg_bars=svg.bars, svg_waterfall=svg.waterfall,
+                       svg_intervals=svg.intervals, svg_lines=svg.lines)
     return env
 
 
@@ -79,6 +81,7 @@ def render_site(root: str | os.PathLike) -> Path:
     extra = unit_pages.context(store) if "examples" in sections else {}
     extra.update(featvis_pages.context(store) if "featvis" in sections else {"fv_by_unit": {}, "fv_fixed": {}})
     extra.update(attribution_pages.context(store) if "attribution" in sections else dict(attribution_pages.EMPTY))
+    extra.update(tabular_pages.context(store) if "tabular" in sections else dict(tabular_pages.EMPTY))
     for section, file, title in PAGES:
         if section not in sections:
             continue

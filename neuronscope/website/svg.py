@@ -150,3 +150,135 @@ def waterfall(labels: list[str], values: list[float], start: float, end: float, 
                      f"stroke-dasharray='{dash}'/>")
     return Markup(f"<svg class='bars waterfall' viewBox='0 0 {width} {h}' width='{width}' height='{h}' "
                   f"data-start='{start!r}' data-end='{end!r}'>" + "".join(parts) + "</svg>")
+
+
+def _range(values, *, include_zero: bool = False) -> tuple[float, float]:
+    """The finite min and max of ``values`` (widened when they are equal)."""
+    vs = [v for v in (_finite(v) for v in values) if v is not None]
+    if include_zero:
+        vs.append(0.0)
+    if not vs:
+        return 0.0, 1.0
+    lo, hi = min(vs), max(vs)
+    if hi - lo <= 1e-12 * max(abs(lo), abs(hi), 1.0):
+        pad = max(abs(lo) * 0.1, 1e-3)
+        lo, hi = lo - pad, hi + pad
+    return lo, hi
+
+
+def intervals(labels: list[str], values: list[float], lows: list[float | None] | None = None,
+              highs: list[float | None] | None = None, *, width: int = 340, fmt: str = "{:.3g}",
+              zero: bool = True) -> Markup:
+    """Dot and whisker per label, in the given order: the value as a dot, [low, high] as a line,
+    a dashed line at zero (``zero``) and the value written on the right.
+
+    Each dot is a ``circle.dot`` carrying its value in ``data-v``; each interval a ``line.ci``."""
+    n = len(labels)
+    if not n:
+        return Markup("")
+    lows = list(lows) if lows is not None else [None] * n
+    highs = list(highs) if highs is not None else [None] * n
+    row = 18
+    label_w = min(170, 7 * max(len(str(l)) for l in labels) + 8)
+    plot = max(width - label_w - 56, 40)
+    lo, hi = _range([*values, *lows, *highs], include_zero=zero)
+    span = hi - lo
+
+    def X(v: float) -> float:
+        return label_w + 6 + (v - lo) / span * (plot - 12)
+
+    h = row * n + 16
+    parts = []
+    if zero:
+        parts.append(f"<line class='zero' x1='{X(0):.1f}' x2='{X(0):.1f}' y1='0' y2='{row * n}' stroke='#8c959f' "
+                     f"stroke-width='0.8' stroke-dasharray='3 2'/>")
+    for i, (label, v, a, b) in enumerate(zip(labels, values, lows, highs)):
+        y = i * row + row / 2
+        v, a, b = _finite(v), _finite(a), _finite(b)
+        if i % 2:
+            parts.append(f"<rect x='0' y='{i * row}' width='{width}' height='{row}' fill='#f6f8fa'/>")
+        parts.append(f"<text x='{label_w - 4}' y='{y + 4:.1f}' text-anchor='end'>{html.escape(str(label))}</text>")
+        ci = "" if a is None or b is None else f" (95% CI {fmt.format(a)} to {fmt.format(b)})"
+        if a is not None and b is not None:
+            parts.append(f"<line class='ci' x1='{X(a):.1f}' x2='{X(b):.1f}' y1='{y:.1f}' y2='{y:.1f}' "
+                         f"stroke='#57606a' stroke-width='1.6'><title>{html.escape(str(label))}{ci}</title></line>")
+            for e in (a, b):
+                parts.append(f"<line x1='{X(e):.1f}' x2='{X(e):.1f}' y1='{y - 3:.1f}' y2='{y + 3:.1f}' "
+                             f"stroke='#57606a' stroke-width='1'/>")
+        if v is not None:
+            parts.append(f"<circle class='dot' cx='{X(v):.1f}' cy='{y:.1f}' r='3.6' fill='#2563eb' data-v='{v!r}'>"
+                         f"<title>{html.escape(str(label))}: {html.escape(fmt.format(v))}{html.escape(ci)}</title></circle>")
+        parts.append(f"<text x='{label_w + plot + 4}' y='{y + 4:.1f}'>{html.escape('–' if v is None else fmt.format(v))}"
+                     f"</text>")
+    axis = row * n + 12
+    parts.append(f"<text x='{X(lo):.1f}' y='{axis}'>{html.escape(fmt.format(lo))}</text>"
+                 f"<text x='{X(hi):.1f}' y='{axis}' text-anchor='end'>{html.escape(fmt.format(hi))}</text>")
+    if zero and X(lo) + 30 < X(0) < X(hi) - 30:
+        parts.append(f"<text x='{X(0):.1f}' y='{axis}' text-anchor='middle'>0</text>")
+    return Markup(f"<svg class='intervals' viewBox='0 0 {width} {h}' width='{width}' height='{h}'>"
+                  + "".join(parts) + "</svg>")
+
+
+def lines(xs: list, curves: list[list[float]], *, highlight=(0,), width: int = 240, height: int = 140,
+          ylim: tuple[float, float] | None = None, dots: bool = False, fmt: str = "{:.3g}",
+          xlabel: str = "", ylabel: str = "") -> Markup:
+    """Line chart of ``curves`` over ``xs`` (one list shared by every curve, or one list per curve).
+
+    Curves whose index is in ``highlight`` (an int or several) are drawn thick and on top
+    (``path.hl``); the others thin and faint (``path.faint``). Non-finite points break a curve.
+    ``ylim`` fixes the vertical range (to compare several charts); ``dots`` marks the
+    highlighted curves' points (``circle.pt``)."""
+    if not curves:
+        return Markup("")
+    per_curve = bool(xs) and isinstance(xs[0], (list, tuple))
+    xss = [list(x) for x in xs] if per_curve else [list(xs)] * len(curves)
+    hl = {highlight} if isinstance(highlight, int) else set(highlight or ())
+    x0, x1 = _range([x for xc in xss for x in xc])
+    y0, y1 = ylim if ylim is not None else _range([y for c in curves for y in c])
+    left, right, top, bottom = 40, 8, 6, 30 if xlabel else 18
+    pw, ph = max(width - left - right, 20), max(height - top - bottom, 20)
+
+    def X(v: float) -> float:
+        return left + (v - x0) / (x1 - x0) * pw
+
+    def Y(v: float) -> float:
+        return top + (1 - (min(max(v, y0), y1) - y0) / (y1 - y0)) * ph
+
+    parts = [f"<rect x='{left}' y='{top}' width='{pw}' height='{ph}' fill='none' stroke='#d0d7de' stroke-width='0.8'/>"]
+    if y0 < 0 < y1:
+        parts.append(f"<line x1='{left}' x2='{left + pw}' y1='{Y(0):.1f}' y2='{Y(0):.1f}' stroke='#d0d7de' "
+                     f"stroke-dasharray='3 2'/>")
+    order = [k for k in range(len(curves)) if k not in hl] + [k for k in range(len(curves)) if k in hl]
+    for k in order:
+        d, pen = [], "M"
+        pts = []
+        for x, y in zip(xss[k], curves[k]):
+            x, y = _finite(x), _finite(y)
+            if x is None or y is None:
+                pen = "M"
+                continue
+            d.append(f"{pen}{X(x):.1f} {Y(y):.1f}")
+            pts.append((x, y))
+            pen = "L"
+        if k in hl:
+            parts.append(f"<path class='hl' d='{' '.join(d)}' fill='none' stroke='#2563eb' stroke-width='2.4' "
+                         f"stroke-linejoin='round'/>")
+            if dots:
+                parts += [f"<circle class='pt' cx='{X(x):.1f}' cy='{Y(y):.1f}' r='2.8' fill='#2563eb'>"
+                          f"<title>{html.escape(fmt.format(x))}: {html.escape(fmt.format(y))}</title></circle>"
+                          for x, y in pts]
+        else:
+            parts.append(f"<path class='faint' d='{' '.join(d)}' fill='none' stroke='#8c959f' stroke-width='0.8' "
+                         f"stroke-opacity='0.45'/>")
+    yb = top + ph + 12
+    parts.append(f"<text x='{left - 3}' y='{top + 9}' text-anchor='end'>{html.escape(fmt.format(y1))}</text>"
+                 f"<text x='{left - 3}' y='{top + ph}' text-anchor='end'>{html.escape(fmt.format(y0))}</text>"
+                 f"<text x='{left}' y='{yb}'>{html.escape(fmt.format(x0))}</text>"
+                 f"<text x='{left + pw}' y='{yb}' text-anchor='end'>{html.escape(fmt.format(x1))}</text>")
+    if xlabel:
+        parts.append(f"<text x='{left + pw / 2:.1f}' y='{yb + 12}' text-anchor='middle'>{html.escape(xlabel)}</text>")
+    if ylabel:
+        parts.append(f"<text x='10' y='{top + ph / 2:.1f}' text-anchor='middle' "
+                     f"transform='rotate(-90 10 {top + ph / 2:.1f})'>{html.escape(ylabel)}</text>")
+    return Markup(f"<svg class='lines' viewBox='0 0 {width} {height}' width='{width}' height='{height}' "
+                  f"data-curves='{len(curves)}'>" + "".join(parts) + "</svg>")
