@@ -100,6 +100,7 @@ def test_a_deeper_network_gets_importance_a_surrogate_and_its_first_layer(diabet
     assert t.reading is None and "hidden layers" in t.why_no_reading
     assert t.surrogate is not None and 0.5 < t.surrogate.agreement <= 1
     assert t.hidden is not None and t.hidden.weights.shape == (16, 10)
+    assert t.local is not None and t.local.values.shape == (200, 10)  # gradient x (input - mean) per row
     assert len(t.dependence) == 2 and t.interactions is not None
     top = t.importance.results["permutation"].ranking()[:3]
     assert "bmi" in top or "s5" in top  # the two strongest predictors of diabetes progression

@@ -13,12 +13,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from ...data import Batch
 from ...errors import UnsupportedError
 from .hidden import HiddenUnits, hidden_units
 from .importance import ColumnImportance, Interactions, PartialDependence, column_importance, interaction_strength, \
     partial_dependence
 from .logistic import LogisticReading, is_one_layer, logistic_reading
-from .surrogate import Surrogate, surrogate
+from .surrogate import LocalLinear, Surrogate, local_linear, surrogate
 
 
 @dataclass
@@ -32,6 +33,7 @@ class TabularReport:
     interactions: Interactions | None = None
     surrogate: Surrogate | None = None
     hidden: HiddenUnits | None = None
+    local: LocalLinear | None = None  # gradient x (input - mean) per row: the local linear reading
     seconds: float = 0.0
 
     def findings(self) -> list[str]:
@@ -56,7 +58,7 @@ class TabularReport:
 
     def tables(self) -> dict:
         out: dict = {}
-        for part in (self.reading, self.importance, self.surrogate, self.hidden):
+        for part in (self.reading, self.importance, self.surrogate, self.hidden, self.local):
             if part is not None:
                 out.update(part.tables())
         if self.dependence:
@@ -92,6 +94,8 @@ class TabularReport:
             s["surrogate"] = self.surrogate.summary()
         if self.hidden is not None:
             s["hidden"] = self.hidden.summary()
+        if self.local is not None:
+            s["local"] = self.local.summary()
         if self.interactions is not None:
             s["interactions"] = self.interactions.summary()
         if self.dependence:
@@ -127,14 +131,16 @@ def tabular(subject, data, *, importance: bool = True, pd_columns: int = 4, pair
         if pairs and len(top) > 1:
             cand = [(a, b) for i, a in enumerate(top) for b in top[i + 1:]][:pairs]
             inter = interaction_strength(subject, data, cand, seed=seed)
-    sur = hid = None
+    sur = hid = local = None
     if reading is None:  # a deeper network: how close a logistic regression comes, and its first layer
         sur = surrogate(subject, data, seed=seed)
+        rows = Batch.cat(list(data.batches(200, limit=200)))
+        local = local_linear(subject, rows)
         try:
             hid = hidden_units(subject)
         except UnsupportedError:  # a first layer that is not Linear
             hid = None
-    return TabularReport(columns, subject.task, reading, why, imp, dependence, inter, sur, hid,
+    return TabularReport(columns, subject.task, reading, why, imp, dependence, inter, sur, hid, local,
                          time.perf_counter() - t0)
 
 
