@@ -416,6 +416,16 @@ def test_neuronscope_demo_reports_every_model_through_the_public_path(demo_built
     diabetes = json.loads((out / "diabetes_logistic" / "manifest.json").read_text())
     assert diabetes["model"]["dtype"] == "float64" and diabetes["model"]["squash"] == "sigmoid"
     assert diabetes["sections"]["filters"]["summary"]["kind"] == "dense-table"
+    # the two logistic models: one valid reading, one that the report must refuse to print
+    reading = diabetes["sections"]["tabular"]["summary"]["reading"]
+    assert reading["kind"] == "logit" and reading["valid"], reading
+    cancer = json.loads((out / "cancer_logistic" / "manifest.json").read_text())["sections"]["tabular"]["summary"]
+    assert not cancer["reading"]["valid"] and cancer["reading"]["separation"]
+    assert "cannot be read as" in (out / "cancer_logistic" / "tabular.html").read_text()
+    mlp = json.loads((out / "cancer_mlp" / "manifest.json").read_text())["sections"]["tabular"]["summary"]
+    assert mlp["reading"]["kind"] is None and mlp["surrogate"]["agreement"] > 0.9
+    shapes_att = json.loads((out / "shapes" / "manifest.json").read_text())["sections"]["attribution"]["summary"]
+    assert {m["name"] for m in shapes_att["methods"]} == {"integrated_gradients", "smoothgrad", "gradcam", "occlusion"}
     t = time.perf_counter()
     assert main(["-q", "demo", "--out", str(out)]) == 0
     assert time.perf_counter() - t < 20, "a second run reuses the build and every finished section"
