@@ -246,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "logistic.csv, importance.csv and the report pages into DIR.")
     _add_model_args(p)
     _add_data_args(p, required=True)
+    p.add_argument("--group", action="append", metavar="NAME=A,B,..", default=[],
+                   help="columns permuted together for importance, e.g. embarked=emb_C,emb_Q,emb_S (repeatable)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the CSV files, the results store and the pages")
 
     p = sub.add_parser("demo", help="train the built-in demo models and write their report", formatter_class=fmt,
@@ -311,6 +313,7 @@ def _report(args) -> int:
             raise NeuronscopeError("neuronscope tabular is for networks on numeric vectors (a table or an array of rows); "
                                    "for images use explain, visualize or report.")
         opts.sections = ("overview", "sanity", "tabular")
+        opts.groups = _groups(args.group) or None
     else:
         opts.example = args.example
         opts.featvis_units, opts.featvis_steps = args.visualize, args.vis_steps
@@ -322,6 +325,16 @@ def _report(args) -> int:
     print(f"{'Report' if args.command == 'report' else 'Dataset examples'} written: {page}\n"
           f"Open it in a browser, or run: neuronscope serve {args.out}")
     return 0
+
+
+def _groups(items: list[str]) -> dict[str, list[str]]:
+    out = {}
+    for item in items:
+        name, sep, cols = item.partition("=")
+        if not sep or not name.strip() or not cols.strip():
+            raise NeuronscopeError(f"--group {item!r}: write NAME=COLUMN,COLUMN,... (e.g. embarked=emb_C,emb_Q,emb_S).")
+        out[name.strip()] = [c.strip() for c in cols.split(",") if c.strip()]
+    return out
 
 
 def _tabular_files(out: Path) -> int:

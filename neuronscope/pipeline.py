@@ -47,6 +47,7 @@ class ReportOptions:
     attribution_inputs: int = 12  # inputs explained in the gallery, spread over classes (0: no attribution section)
     attribution_units: int = 4  # units per layer explained on their top examples
     tabular: bool = True  # networks on vectors: the logistic reading, column importance, PD/ICE, surrogate
+    groups: dict | None = None  # columns permuted together for importance, e.g. {"embarked": ["emb_C", "emb_Q"]}
 
     def wants(self, section: str) -> bool:
         return self.sections is None or section in self.sections
@@ -171,12 +172,13 @@ def analyze(subject, data, out: str | Path, options: ReportOptions | None = None
                 subject, data, store, layers, inputs=opts.attribution_inputs, units_per_layer=opts.attribution_units,
                 progress=opts.progress, ranked=_units_by_interest(store)), key=k)
     if opts.wants("tabular") and opts.tabular and len(subject.input_shape) == 1:
-        k = key("tabular", limit=opts.limit)
+        k = key("tabular", limit=opts.limit, groups=opts.groups)
         if not store.has("tabular", k):
             from .analyses.tabular.section import tabular
 
             _say("columns: logistic reading, importance, partial dependence...", opts.progress)
-            store.save("tabular", tabular(subject, data, limit=opts.limit or 2000, progress=opts.progress), key=k)
+            store.save("tabular", tabular(subject, data, groups=opts.groups, limit=opts.limit or 2000,
+                                          progress=opts.progress), key=k)
     store.set_info(seconds=round(time.perf_counter() - t0, 2))
     return store
 

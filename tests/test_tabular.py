@@ -77,6 +77,7 @@ def test_one_layer_network_reads_as_statsmodels_logit_through_the_cli(diabetes):
     assert all(r["valid"] == "True" for r in rows)
     imp = list(csv.DictReader(open(out / "importance.csv")))
     assert {r["method"] for r in imp} >= {"permutation", "shapley", "integrated_gradients"}
+    assert set(imp[0]) >= {"column", "method", "value", "ci_low", "ci_high"}
     assert (out / "tabular.html").exists()
     page = (out / "tabular.html").read_text()
     assert "bmi" in page
@@ -125,3 +126,17 @@ def test_tabular_refuses_image_models():
     s = ns.Subject(nn.Conv2d(3, 2, 3), (3, 8, 8))
     with pytest.raises(ns.NeuronscopeError, match="numeric vectors"):
         ns.tabular(s, None)
+
+
+def test_grouped_columns_are_permuted_together_from_the_cli(diabetes, tmp_path):
+    root, x, y, names = diabetes
+    torch.manual_seed(0)
+    torch.save(nn.Sequential(nn.Linear(10, 1), nn.Sigmoid()).state_dict(), root / "w0.pt")
+    out = tmp_path / "g"
+    assert main(["-q", "tabular", f"{root}/net.py:logistic", "--weights", str(root / "w0.pt"), "--data",
+                 str(root / "diabetes.csv"), "--target", "high", "--group", "serum=s1,s2,s3,s4,s5,s6",
+                 "--out", str(out)]) == 0
+    perm = [r for r in csv.DictReader(open(out / "importance.csv")) if r["method"] == "permutation"]
+    assert "serum" in {r["column"] for r in perm} and "s1" not in {r["column"] for r in perm}
+    assert main(["-q", "tabular", f"{root}/net.py:logistic", "--data", str(root / "diabetes.csv"), "--target", "high",
+                 "--group", "serum", "--out", str(out)]) == 2

@@ -103,12 +103,14 @@ class TabularReport:
         return s
 
 
-def tabular(subject, data, *, importance: bool = True, pd_columns: int = 4, pairs: int = 3, limit: int | None = 2000,
-            seed: int = 0, progress: bool = False) -> TabularReport:
+def tabular(subject, data, *, importance: bool = True, groups: dict[str, list[str]] | None = None,
+            pd_columns: int = 4, pairs: int = 3, limit: int | None = 2000, seed: int = 0,
+            progress: bool = False) -> TabularReport:
     """Everything neuronscope reads from a network on numeric vectors (see the module docstring).
 
-    ``pd_columns``: partial dependence for this many top columns; ``pairs``: interaction strength
-    for the top pairs among them.
+    ``groups``: columns permuted together (e.g. one-hot dummies: ``{"embarked": ["embark_C",
+    "embark_Q", "embark_S"]}``); ``pd_columns``: partial dependence for this many top columns;
+    ``pairs``: interaction strength for the top pairs among them.
     """
     if len(subject.input_shape) != 1:
         raise UnsupportedError(f"tabular() is for networks on numeric vectors; this model takes inputs of shape "
@@ -122,7 +124,8 @@ def tabular(subject, data, *, importance: bool = True, pd_columns: int = 4, pair
         why = ("The network has hidden layers, so no coefficient table describes it exactly (a one-layer network with "
                "a logistic output is a logistic regression; deeper ones are not). Below: which columns matter, by "
                "several methods, and how close a logistic regression on its own predictions comes.")
-    imp = column_importance(subject, data, limit=limit, seed=seed, progress=progress) if importance else None
+    imp = column_importance(subject, data, groups=groups, limit=limit, seed=seed, progress=progress) if importance \
+        else None
     dependence, inter = [], None
     if imp is not None and pd_columns:
         first = next(iter(imp.results.values()))
