@@ -20,8 +20,10 @@ DESCRIPTION = """\
 neuronscope: a microscope for your own PyTorch model.
 
 Shows what a trained network learned, with evidence: what its first layer looks for, what every
-layer does with an input, which units are dead, which real inputs excite each unit, and what
-input each unit and class wants most (with the numbers that say how far to trust the picture).
+layer does with an input, which units are dead, which real inputs excite each unit, what input
+each unit and class wants most, which parts of an input drove a decision, and, for networks on
+numeric vectors, which columns matter and the exact logistic-regression reading of a one-layer
+network, each with the numbers that say how far to trust it.
 """
 
 EPILOG = """\
