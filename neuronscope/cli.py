@@ -376,24 +376,32 @@ def _units(text: str | None) -> list[int] | None:
     return out
 
 
+def _subject_and_optional_data(args, target: str | None):
+    """The subject, and the --data it may read (None without --data); class names from the data
+    when --classes is not given."""
+    from .data import open_data
+
+    data = None
+    if args.data:
+        data = open_data(args.data, input_shape=_shape(args.input_shape) if args.input_shape else None,
+                         value_range=tuple(_floats(args.range, "--range")), classes=_classes(args.classes),
+                         target=target, columns=args.columns.split(",") if args.columns else None)
+    subject = _subject_from_args(args, columns=data.columns if data is not None else None,
+                                 input_shape=data.input_shape if data is not None else None)
+    if args.classes is None and data is not None and data.classes is not None:
+        subject.classes = data.classes
+    return subject, data
+
+
 def _visualize(args) -> int:
     import csv
 
     import numpy as np
 
     from .atomic import atomic_write
-    from .data import open_data
     from .imaging import png_bytes
 
-    data = None
-    if args.data:
-        data = open_data(args.data, input_shape=_shape(args.input_shape) if args.input_shape else None,
-                         value_range=tuple(_floats(args.range, "--range")), classes=_classes(args.classes),
-                         target=args.target, columns=args.columns.split(",") if args.columns else None)
-    subject = _subject_from_args(args, columns=data.columns if data is not None else None,
-                                 input_shape=data.input_shape if data is not None else None)
-    if args.classes is None and data is not None and data.classes is not None:
-        subject.classes = data.classes
+    subject, data = _subject_and_optional_data(args, args.target)
     out = Path(args.out)
     if args.accentuate:
         return _accentuate(args, subject, data, out)
@@ -487,18 +495,9 @@ def _explain(args) -> int:
 
     from .analyses.attribution import explain
     from .atomic import atomic_write
-    from .data import open_data
     from .imaging import png_bytes, tile_grid
 
-    data = None
-    if args.data:
-        data = open_data(args.data, input_shape=_shape(args.input_shape) if args.input_shape else None,
-                         value_range=tuple(_floats(args.range, "--range")), classes=_classes(args.classes),
-                         target=args.target_column, columns=args.columns.split(",") if args.columns else None)
-    subject = _subject_from_args(args, columns=data.columns if data is not None else None,
-                                 input_shape=data.input_shape if data is not None else None)
-    if args.classes is None and data is not None and data.classes is not None:
-        subject.classes = data.classes
+    subject, data = _subject_and_optional_data(args, args.target_column)
     batch = _explain_inputs(args, subject, data)
     target = _output(args.explain_target) if args.explain_target != "predicted" else "predicted"
     e = explain(subject, batch, target=target, method=args.method.split(",") if args.method else None, data=data,

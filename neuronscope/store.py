@@ -152,5 +152,14 @@ class Store:
         rel = self.manifest["sections"][section]["tables"][name]
         return pq.read_table(self.root / rel).to_pydict()
 
+    def rows(self, section: str, name: str) -> list[dict]:
+        """A stored table as a list of row dicts; [] when the section has no such table."""
+        entry = self.manifest["sections"].get(section, {})
+        if name not in entry.get("tables", {}):
+            return []
+        table = self.table(section, name)
+        keys = list(table)
+        return [dict(zip(keys, vals)) for vals in zip(*table.values())]
+
     def image_path(self, section: str, name: str) -> Path:
         return self.root / self.manifest["sections"][section]["images"][name]

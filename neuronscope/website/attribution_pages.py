@@ -7,7 +7,6 @@ which unit pages exist.
 
 from __future__ import annotations
 
-import math
 import re
 from collections import defaultdict
 
@@ -15,6 +14,7 @@ from markupsafe import Markup, escape
 
 from ..store import Store
 from ..units import slug
+from .svg import finite as _num
 
 #: Integrated gradients missing f(x) - f(baseline) by more than this share get a warning badge
 #: (the pipeline's COMPLETENESS_TOLERANCE).
@@ -23,20 +23,6 @@ COMPLETENESS_TOLERANCE = 0.05
 DRIVERS_LISTED = 6
 
 
-def _rows(store: Store, entry: dict, name: str) -> list[dict]:
-    if name not in entry.get("tables", {}):
-        return []
-    table = store.table("attribution", name)
-    keys = list(table)
-    return [dict(zip(keys, vals)) for vals in zip(*table.values())] if keys else []
-
-
-def _num(v) -> float | None:
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
 
 
 def _badge(level: str, text: str, title: str = "") -> dict:
@@ -131,7 +117,7 @@ def _drivers(store: Store, entry: dict, summary: dict, pages: set[str]) -> list[
     sentences = info.get("sentences") or {}
     by_class: dict[str, list[dict]] = defaultdict(list)
     order: dict[str, int] = {}
-    for r in _rows(store, entry, "drivers"):
+    for r in store.rows("attribution", "drivers"):
         r["link"] = unit_link(r["address"]) if r["address"] in pages else None
         by_class[r["class"]].append(r)
         order.setdefault(r["class"], r.get("class_index") if r.get("class_index") is not None else len(order))
@@ -154,7 +140,7 @@ def _unit_attributions(store: Store, entry: dict, summary: dict, images: dict, p
     titles = {m["name"]: m.get("title") or m["name"] for m in summary.get("methods", [])}
     signed = {m["name"]: m.get("signed") for m in summary.get("methods", [])}
     out: dict[str, dict] = {}
-    for r in sorted(_rows(store, entry, "units"), key=lambda r: (r["address"], r["rank"])):
+    for r in sorted(store.rows("attribution", "units"), key=lambda r: (r["address"], r["rank"])):
         name = r.get("image") or f"units/{slug(r['layer'])}/{r['unit']}/{r['rank']}"
         method = r.get("method") or summary.get("unit_method")
         u = out.setdefault(r["address"], {"address": r["address"], "layer": r["layer"], "unit": r["unit"],
@@ -174,7 +160,7 @@ def context(store: Store) -> dict:
     entry = store.sections()["attribution"]
     summary = entry["summary"]
     images = entry.get("images", {})
-    checks = {r["method"]: r for r in _rows(store, entry, "randomisation")}
+    checks = {r["method"]: r for r in store.rows("attribution", "randomisation")}
     methods = []
     for m in summary.get("methods", []):
         m = dict(m)
@@ -185,7 +171,7 @@ def context(store: Store) -> dict:
         methods.append(m)
     by_name = {m["name"]: m for m in methods}
     inputs: dict[int, dict] = {}
-    for r in _rows(store, entry, "explanations"):
+    for r in store.rows("attribution", "explanations"):
         i = r["index"]
         inp = inputs.setdefault(i, {k: r.get(k) for k in ("index", "id", "label", "predicted", "target", "target_index",
                                                            "score", "baseline_score")})
@@ -227,7 +213,7 @@ def context(store: Store) -> dict:
         drivers_info = {"layer": first.get("layer"), "method": None}
     return {"att": summary, "att_methods": methods, "att_inputs": rows, "att_drivers": drivers,
             "att_drivers_info": drivers_info if drivers else None, "att_drivers_image": images.get("drivers"),
-            "att_batching": _rows(store, entry, "batching"),
+            "att_batching": store.rows("attribution", "batching"),
             "att_units": _unit_attributions(store, entry, summary, images, pages)}
 
 

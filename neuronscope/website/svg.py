@@ -60,7 +60,8 @@ def bars(labels: list[str], values: list[float], *, signed: bool = False, width:
     return Markup(f"<svg class='bars' viewBox='0 0 {width} {h}' width='{width}' height='{h}'>" + "".join(parts) + "</svg>")
 
 
-def _finite(v) -> float | None:
+def finite(v) -> float | None:
+    """``v`` as a float, or None when it is missing, not a number or infinite."""
     try:
         v = float(v)
     except (TypeError, ValueError):
@@ -77,17 +78,17 @@ def waterfall(labels: list[str], values: list[float], start: float, end: float, 
     dashed bar labelled ``gap_label`` covers the rest; the last row spans start to end.
 
     Each step bar carries its value in ``data-v``; the svg carries ``data-start``/``data-end``."""
-    pairs = [(str(l), _finite(v) or 0.0) for l, v in zip(labels, values)]
+    pairs = [(str(l), finite(v) or 0.0) for l, v in zip(labels, values)]
     if not pairs:
         return Markup("")
-    start = _finite(start) or 0.0
+    start = finite(start) or 0.0
     pairs.sort(key=lambda p: -abs(p[1]))  # stable: ties keep the column order
     steps = pairs[:top]
     rest = pairs[top:]
     if rest:
         steps.append((f"others ({len(rest)})", math.fsum(v for _, v in rest)))
     total = math.fsum(v for _, v in steps)
-    end = _finite(end)
+    end = finite(end)
     end = start + total if end is None else end
     gap = end - (start + total)
     scale = max(abs(start), abs(end), *(abs(v) for _, v in steps), 1e-12)
@@ -154,7 +155,7 @@ def waterfall(labels: list[str], values: list[float], start: float, end: float, 
 
 def _range(values, *, include_zero: bool = False) -> tuple[float, float]:
     """The finite min and max of ``values`` (widened when they are equal)."""
-    vs = [v for v in (_finite(v) for v in values) if v is not None]
+    vs = [v for v in (finite(v) for v in values) if v is not None]
     if include_zero:
         vs.append(0.0)
     if not vs:
@@ -194,7 +195,7 @@ def intervals(labels: list[str], values: list[float], lows: list[float | None] |
                      f"stroke-width='0.8' stroke-dasharray='3 2'/>")
     for i, (label, v, a, b) in enumerate(zip(labels, values, lows, highs)):
         y = i * row + row / 2
-        v, a, b = _finite(v), _finite(a), _finite(b)
+        v, a, b = finite(v), finite(a), finite(b)
         if i % 2:
             parts.append(f"<rect x='0' y='{i * row}' width='{width}' height='{row}' fill='#f6f8fa'/>")
         parts.append(f"<text x='{label_w - 4}' y='{y + 4:.1f}' text-anchor='end'>{html.escape(str(label))}</text>")
@@ -253,7 +254,7 @@ def lines(xs: list, curves: list[list[float]], *, highlight=(0,), width: int = 2
         d, pen = [], "M"
         pts = []
         for x, y in zip(xss[k], curves[k]):
-            x, y = _finite(x), _finite(y)
+            x, y = finite(x), finite(y)
             if x is None or y is None:
                 pen = "M"
                 continue

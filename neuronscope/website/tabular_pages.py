@@ -14,6 +14,7 @@ from collections import defaultdict
 from ..store import Store
 from . import svg
 from .attribution_pages import _linked, _unit_pages, unit_link
+from .svg import finite as _num
 
 #: What each importance method measures, in words (the page's captions).
 METHODS = {
@@ -27,20 +28,6 @@ HIDDEN_UNITS = 48
 PD_COLUMNS = 24
 
 
-def _num(v) -> float | None:
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
-
-def _rows(store: Store, entry: dict, name: str) -> list[dict]:
-    if name not in entry.get("tables", {}):
-        return []
-    table = store.table("tabular", name)
-    keys = list(table)
-    return [dict(zip(keys, vals)) for vals in zip(*table.values())] if keys else []
 
 
 def fmt(v, kind: str = "num") -> str:
@@ -81,7 +68,7 @@ def _coef_table(rows: list[dict], kind: str) -> list[dict]:
 
 def _reading(store: Store, entry: dict, summary: dict) -> dict | None:
     r = summary.get("reading")
-    rows = _rows(store, entry, "logistic")
+    rows = store.rows("tabular", "logistic")
     if r is None and not rows:
         return None
     r = dict(r or {})
@@ -110,7 +97,7 @@ def _reading(store: Store, entry: dict, summary: dict) -> dict | None:
     sentences = r.get("sentences") or ([r["sentence"]] if r.get("sentence") and r["valid"] else [])
     r["sentences"] = list(sentences)
     r["table"] = _coef_table(rows, kind)
-    r["table_original"] = _coef_table(_rows(store, entry, "logistic_original"), kind)
+    r["table_original"] = _coef_table(store.rows("tabular", "logistic_original"), kind)
     return r
 
 
@@ -128,7 +115,7 @@ def _method_names(summary: dict, rows: list[dict]) -> list[str]:
 
 def _importance(store: Store, entry: dict, summary: dict) -> tuple[list[dict], list[str]]:
     """One entry per method, columns in the first method's rank order; and that order."""
-    rows = _rows(store, entry, "importance")
+    rows = store.rows("tabular", "importance")
     names = _method_names(summary, rows)
     by_method: dict[str, dict[str, dict]] = defaultdict(dict)
     for r in rows:
@@ -157,7 +144,7 @@ def _importance(store: Store, entry: dict, summary: dict) -> tuple[list[dict], l
 
 
 def _agreement(store: Store, entry: dict, summary: dict) -> list[dict]:
-    rows = _rows(store, entry, "agreement")
+    rows = store.rows("tabular", "agreement")
     if not rows:
         for key, v in ((summary.get("importance") or {}).get("agreement") or {}).items():
             a, _, b = str(key).partition("~")
@@ -174,10 +161,10 @@ def _agreement(store: Store, entry: dict, summary: dict) -> list[dict]:
 
 def _pd(store: Store, entry: dict, summary: dict, order: list[str]) -> list[dict]:
     curves: dict[str, list[tuple]] = defaultdict(list)
-    for r in _rows(store, entry, "pd"):
+    for r in store.rows("tabular", "pd"):
         curves[r["column"]].append((r["x"], r["pd"]))
     ice: dict[str, dict] = defaultdict(lambda: defaultdict(list))
-    for r in _rows(store, entry, "ice"):
+    for r in store.rows("tabular", "ice"):
         ice[r["column"]][r["row"]].append((r["x"], r["value"]))
     columns = [c for c in order if c in curves] + [c for c in (summary.get("columns") or []) if c in curves]
     columns += [c for c in curves if c not in columns]
@@ -198,7 +185,7 @@ def _pd(store: Store, entry: dict, summary: dict, order: list[str]) -> list[dict
 
 def _interactions(store: Store, entry: dict) -> list[dict]:
     rows = []
-    for r in _rows(store, entry, "interactions"):
+    for r in store.rows("tabular", "interactions"):
         a, b = r.get("a", r.get("column_a")), r.get("b", r.get("column_b"))
         rows.append({"a": a, "b": b, "h2": _num(r.get("h2")), "share": min(max(_num(r.get("h2")) or 0.0, 0.0), 1.0)})
     return sorted(rows, key=lambda r: -(_num(r["h2"]) or 0.0))
@@ -208,13 +195,13 @@ def _interactions(store: Store, entry: dict) -> list[dict]:
 
 def _surrogate(store: Store, entry: dict, summary: dict) -> dict | None:
     s = summary.get("surrogate")
-    coef = _rows(store, entry, "surrogate")
+    coef = store.rows("tabular", "surrogate")
     if s is None and not coef:
         return None
     s = dict(s or {})
     for k in ("sentence", "agreement", "log_loss", "network_entropy", "r2", "columns"):
         s.setdefault(k, None)
-    path = [dict(p) for p in s.get("path") or []] or _rows(store, entry, "surrogate_path")
+    path = [dict(p) for p in s.get("path") or []] or store.rows("tabular", "surrogate_path")
     for p in path:  # the stored table joins the names with "; "
         if isinstance(p.get("names"), str):
             p["names"] = [n for n in p["names"].split("; ") if n]
@@ -253,7 +240,7 @@ def _colour(w: float, top: float) -> str:
 
 def _hidden(store: Store, entry: dict, summary: dict, order: list[str], pages: set[str]) -> dict | None:
     info = summary.get("hidden")
-    rows = _rows(store, entry, "hidden") or _rows(store, entry, "hidden_weights")
+    rows = store.rows("tabular", "hidden") or store.rows("tabular", "hidden_weights")
     if info is None and not rows:
         return None
     info = dict(info or {})
