@@ -7,6 +7,7 @@ import torch
 
 from neuronscope.analyses.directions.sae import (Dictionary, evaluate_dictionary,
                                                  train_dictionary)
+from neuronscope.errors import OptionError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -173,9 +174,9 @@ def test_scale_normalisation_makes_training_unit_free():
 
 
 def test_rejects_bad_input():
-    with pytest.raises(ValueError):
+    with pytest.raises(OptionError):
         train_dictionary([torch.zeros(4, 5)], 3, features=8, k=2)
-    with pytest.raises(ValueError):
+    with pytest.raises(OptionError):
         train_dictionary([], 3, features=8, k=2)
-    with pytest.raises(ValueError):
+    with pytest.raises(OptionError):
         train_dictionary([torch.zeros(4, 3)], 3, features=8, k=9)

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
 import torch
+
 from ...errors import OptionError
 
 Stream = Callable[[], Iterator[torch.Tensor]] | Iterable[torch.Tensor]
