@@ -9,6 +9,7 @@ import torch
 
 from neuronscope.analyses.examples import ExamplesReducer, LayerSpec
 from neuronscope.analyses.reducers import calibrate_edges
+from fake_result import FakeResult, columns
 from neuronscope.store import Store
 from neuronscope.website import render_site, svg
 
@@ -17,24 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 CLASSES = ["cat", "dog", "eel"]
 
 
-class Fake:
-    """Anything with tables(), images() and summary(), as Store.save wants."""
 
-    def __init__(self, tables, images, summary):
-        self._t, self._i, self._s = tables, images, summary
-
-    def tables(self):
-        return self._t
-
-    def images(self):
-        return self._i
-
-    def summary(self):
-        return self._s
-
-
-def columns(rows):
-    return {k: [r[k] for r in rows] for k in rows[0]}
 
 
 def save_examples(store, layers=(("conv", 3, (4, 5)), ("head#1", 4, ()))):
@@ -144,7 +128,7 @@ def image_site(tmp_path_factory):
                "drivers": {"layer": "conv", "method": "grad_x_activation",
                            "sentences": {c: f"class {c!r} rests mostly on conv:1 (41%), conv:2 (20%) and conv:0 (10%)"
                                          for c in CLASSES}}}
-    store.save("attribution", Fake(tables, images, summary))
+    store.save("attribution", FakeResult(tables, summary, images))
     render_site(root)
     return root
 
@@ -168,7 +152,7 @@ def vector_site(tmp_path_factory):
     summary = {"n": 2, "baseline": "mean", "target_kind": "output", "image": False, "columns": COLS,
                "methods": method_summary(methods), "flagged": [], "findings": [], "warnings": [],
                "options": {"n_steps": 50, "samples": 50, "noise": 0.15, "check_sample": 2}, "seconds": 0.4}
-    store.save("attribution", Fake({"explanations": columns(rows), **shared_tables(methods)}, {}, summary))
+    store.save("attribution", FakeResult({"explanations": columns(rows), **shared_tables(methods)}, summary))
     render_site(root)
     return root, maps, score, base
 
@@ -269,7 +253,7 @@ def test_a_bare_section_renders(tmp_path):
     store = Store(tmp_path)
     methods = [("saliency_abs", "Saliency |gradient|", False, None, None, None)]
     rows = explanation_rows(1, methods, lambda i, m: np.arange(5.0), lambda i: 1.0, lambda i: 0.0)
-    store.save("attribution", Fake({"explanations": columns(rows)}, {}, {
+    store.save("attribution", FakeResult({"explanations": columns(rows)}, {
         "n": 1, "baseline": "zero", "target_kind": "output", "image": False, "columns": None,
         "methods": [{"name": "saliency_abs", "title": "Saliency |gradient|", "signed": False, "layer": None,
                      "seconds": 0.01}], "flagged": [], "findings": [], "warnings": [], "seconds": 0.01}))
@@ -288,7 +272,7 @@ def test_drivers_without_their_summary_still_read(tmp_path):
                 "contribution": 1.0 / (r + 1), "share": 0.1} for r, u in enumerate([1, 12, 3, 4])]
     drivers.append({"layer": "conv", "class": "dog", "class_index": 1, "unit": 99, "address": "conv:99", "rank": 0,
                     "contribution": 1.0, "share": 1.0})  # a unit without a page: named, not linked
-    store.save("attribution", Fake({"explanations": columns(rows), "drivers": columns(drivers)}, {}, {
+    store.save("attribution", FakeResult({"explanations": columns(rows), "drivers": columns(drivers)}, {
         "n": 1, "baseline": "zero", "target_kind": "class", "image": True, "methods": method_summary(METHODS[:1])}))
     render_site(tmp_path)
     page = tmp_path / "attribution.html"

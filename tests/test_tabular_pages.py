@@ -10,6 +10,7 @@ import torch
 
 from neuronscope.analyses.examples import ExamplesReducer, LayerSpec
 from neuronscope.analyses.reducers import calibrate_edges
+from fake_result import FakeResult, columns
 from neuronscope.store import Store
 from neuronscope.website import render_site, svg
 from neuronscope.website import tabular_pages
@@ -20,24 +21,7 @@ COLS = ["age", "income", "score", "tenure"]
 NAN = float("nan")
 
 
-class Fake:
-    """Anything with tables(), images() and summary(), as Store.save wants."""
 
-    def __init__(self, tables, summary, images=None):
-        self._t, self._s, self._i = tables, summary, images or {}
-
-    def tables(self):
-        return self._t
-
-    def images(self):
-        return self._i
-
-    def summary(self):
-        return self._s
-
-
-def columns(rows):
-    return {k: [r[k] for r in rows] for k in rows[0]}
 
 
 def logistic_rows(coefs, *, valid=True, reason="", separated=False):
@@ -107,7 +91,7 @@ def make_site(root, tables, summary, *, examples=False):
     store.set_info(title="fake tabular model")
     if examples:
         save_examples(store)
-    store.save("tabular", Fake(tables, summary))
+    store.save("tabular", FakeResult(tables, summary))
     render_site(root)
     return root
 
