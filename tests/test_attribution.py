@@ -275,3 +275,17 @@ def test_mean_baseline_of_images_is_the_mean_colour(tmp_path):
     assert label == "mean" and b.shape == (2, 3, 12, 12)
     assert torch.allclose(b[0, :, 0, 0], x.mean((0, 2, 3)), atol=1e-6)
     assert torch.equal(b[0], b[1]) and b[0, 0].std() < 1e-6
+
+
+def test_scores_follow_each_inputs_own_target_across_chunks():
+    """Inputs go through in chunks; each keeps its own target in every chunk."""
+    s = image_subject()
+    x = images(7, seed=3)
+    targets = [0, 1, 2, 2, 1, 0, 1]
+    e = explain(s, x, target=targets, method="saliency", chunk=2, **QUICK)
+    with torch.no_grad():
+        logits = s.logits(x)
+    assert e.target.index == targets
+    assert e.scores == pytest.approx(logits[torch.arange(7), torch.tensor(targets)].numpy(), rel=1e-5)
+    whole = explain(s, x, target=targets, method="saliency", **QUICK)
+    assert torch.allclose(e["saliency"].maps, whole["saliency"].maps)

@@ -9,6 +9,7 @@ sanity check on a sample of inputs (Adebayo et al. 2018), all computed on copies
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -359,8 +360,9 @@ def explain(subject: Subject, inputs, target="predicted", method: str | Sequence
             tgt = resolve_target(subject, target, n, predicted=None if predicted is None else pred_idx.tolist(),
                                  unit_reduce=unit_reduce)
             base, base_label = make_baseline(baseline, x, data=data, input_shape=subject.input_shape)
-            scores = torch.cat([tgt.score(x[s:s + chunk]) for s in range(0, n, chunk)]).cpu().numpy()
-            base_scores = torch.cat([tgt.rows(n).score(base[s:s + chunk]) for s in range(0, n, chunk)]).cpu().numpy()
+            scores = torch.cat([tgt.part(s, s + chunk).score(x[s:s + chunk]) for s in range(0, n, chunk)]).cpu().numpy()
+            base_scores = torch.cat([tgt.part(s, s + chunk).score(base[s:s + chunk])
+                                     for s in range(0, n, chunk)]).cpu().numpy()
 
         results = {}
         bar = progress_bar(total=len(methods) * ((n + chunk - 1) // chunk), desc="attribution", unit="chunk",
@@ -369,7 +371,7 @@ def explain(subject: Subject, inputs, target="predicted", method: str | Sequence
             t = time.perf_counter()
             parts, extras, record = [], [], {}
             for s in range(0, n, chunk):
-                part = _slice_target(tgt, s, s + chunk)
+                part = tgt.part(s, s + chunk)
                 xs = x[s:s + chunk].detach().clone().requires_grad_(True)  # Captum would warn and do the same
                 ctx = Context(subject, part, xs, base[s:s + chunk], layer=layer, n_steps=n_steps,
                               samples=samples, noise=noise, window=window, stride=stride, seed=seed + s,
@@ -407,7 +409,7 @@ def explain(subject: Subject, inputs, target="predicted", method: str | Sequence
             k = min(check_sample, n)
             bar = progress_bar(total=len(methods), desc="randomisation check", unit="method", enabled=progress)
             for m in methods:
-                results[m.name].randomisation = _randomisation(subject, m, tgt.rows(k), x[:k], base[:k], layer,
+                results[m.name].randomisation = _randomisation(subject, m, tgt.part(0, k), x[:k], base[:k], layer,
                                                                n_steps, samples, noise, window, stride, seed,
                                                                batch_size)
                 bar.update(1)
@@ -419,10 +421,6 @@ def explain(subject: Subject, inputs, target="predicted", method: str | Sequence
                "window": window, "unit_reduce": unit_reduce, "seed": seed, "check_sample": min(check_sample, n)}
     return Explanation(ids, x.detach(), tgt, scores, base_scores, base_label, results, predicted, confidence, labels,
                        subject.value_range, subject.columns, options, warnings, time.perf_counter() - t0)
-
-
-def _slice_target(t: Target, a: int, b: int) -> Target:
-    return Target(t.forward, t.index[a:b], t.labels[a:b], t.kind, t.unit, t.layer, t.build)
 
 
 def _row_score(t: Target):
@@ -446,7 +444,7 @@ def _curve_maps(r: MethodResult) -> torch.Tensor:
 def _randomisation(subject, m: Method, tgt: Target, x, base, layer, n_steps, samples, noise, window, stride, seed,
                    batch_size) -> RandomisationCheck:
     def attribute(sub: Subject, xs: torch.Tensor, idx: list[int]) -> torch.Tensor:
-        t = Target(tgt.build(sub), list(idx), tgt.labels[: len(idx)], tgt.kind, tgt.unit, tgt.layer, tgt.build)
+        t = dataclasses.replace(tgt.on(sub), index=list(idx))
         xs = xs.detach().clone().requires_grad_(True)
         ctx = Context(sub, t, xs, base[: len(xs)], layer=layer, n_steps=n_steps, samples=samples, noise=noise,
                       window=window, stride=stride, seed=seed, batch=_chooser(sub, t, xs, batch_size, {}))

@@ -9,6 +9,7 @@ saturation.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -35,16 +36,16 @@ class Target:
 
     def on(self, subject: Subject) -> "Target":
         """The same target read from another copy of the model (randomisation checks)."""
-        return Target(self.build(subject), self.index, self.labels, self.kind, self.unit, self.layer, self.build)
+        return dataclasses.replace(self, forward=self.build(subject))
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """The explained number for each row of ``x`` (N,), in the target's own order."""
         out = self.forward(x)
         return out[torch.arange(len(out)), torch.as_tensor(self.index[: len(out)], device=out.device)]
 
-    def rows(self, n: int) -> "Target":
-        """The same target for the first ``n`` rows (a sample for checks)."""
-        return Target(self.forward, self.index[:n], self.labels[:n], self.kind, self.unit, self.layer, self.build)
+    def part(self, start: int, stop: int) -> "Target":
+        """The same target for rows ``start:stop`` (a chunk, or a sample for checks)."""
+        return dataclasses.replace(self, index=self.index[start:stop], labels=self.labels[start:stop])
 
 
 def class_logits(subject: Subject) -> Forward:
@@ -115,7 +116,7 @@ def resolve_target(subject: Subject, target, n: int, *, predicted: Sequence[int]
                       [f"class {names[int(k)]} (predicted)" for k in predicted], "class", build=class_logits)
     if (not isinstance(target, int) and ":" not in text and text not in subject.classes and subject.hookable
             and text in {i.name for i in subject.layers}):
-        _unit_target(subject, text, n, unit_reduce)  # a whole layer: says which unit to pick
+        raise OptionError(f"{text!r} is a whole layer: explain one unit of it, e.g. '{text}:0'.")
     if isinstance(target, int) or text.startswith("class:") or ":" not in text:
         k = class_index(subject, text.removeprefix("class:") if isinstance(target, str) else target)
         return Target(class_logits(subject), [k] * n, [f"class {subject.classes[k]}"] * n, "class", build=class_logits)
