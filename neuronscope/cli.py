@@ -486,7 +486,12 @@ def _explain_inputs(args, subject, data):
                                "the first --limit examples).")
     if args.inputs:
         return data.get(args.inputs)
-    return next(data.batches(args.limit))
+    if args.limit < 1:
+        raise NeuronscopeError(f"--limit must be at least 1 (the number of examples to explain), got {args.limit}.")
+    first = next(data.batches(args.limit), None)
+    if first is None:
+        raise NeuronscopeError(f"{args.data} has no readable example to explain.")
+    return first
 
 
 def _explain(args) -> int:

@@ -151,6 +151,8 @@ def test_explain_command_errors_name_the_fix(model, images, tmp_path, capsys):
     assert code == 2 and "--data" in err
     code = main(["explain", *model, "nope/0.jpg", "--data", images, "--out", str(tmp_path)])
     assert code == 2 and "no example with id" in capsys.readouterr().err
+    code = main(["explain", *model, "--data", images, "--limit", "0", "--out", str(tmp_path)])
+    assert code == 2 and "--limit must be at least 1" in capsys.readouterr().err
 
 
 def test_explain_command_on_a_table(tmp_path, capsys):
