@@ -48,6 +48,10 @@ class ReportOptions:
     attribution_units: int = 4  # units per layer explained on their top examples
     tabular: bool = True  # networks on vectors: the logistic reading, column importance, PD/ICE, surrogate
     groups: dict | None = None  # columns permuted together for importance, e.g. {"embarked": ["emb_C", "emb_Q"]}
+    directions: bool = True  # the layer as a space: factors, a sparse dictionary, random directions, the code map
+    directions_layer: str | None = None  # default: the last spatial ReLU layer among the report's layers
+    dictionary_steps: int = 500  # training steps of the sparse dictionary (0: no dictionary)
+    directions_featvis: int = 8  # dictionary features drawn (every factor is drawn)
 
     def wants(self, section: str) -> bool:
         return self.sections is None or section in self.sections
@@ -72,6 +76,9 @@ SECTION_CODE = {
                                                                    "trust", "explain", "drivers", "section")) + ("subject.py",),
     "tabular": tuple(f"analyses/tabular/{m}.py" for m in ("logistic", "importance", "surrogate", "hidden", "section"))
     + ("subject.py",),
+    "directions": tuple(f"analyses/directions/{m}.py" for m in ("rows", "factorize", "sae", "book", "examples", "basis",
+                                                                 "classes", "splice", "codemap", "section"))
+    + ("analyses/examples.py", "analyses/example_pictures.py", "analyses/stream.py", "subject.py"),
 }
 
 
@@ -155,9 +162,25 @@ def analyze(subject, data, out: str | Path, options: ReportOptions | None = None
                 x, example = first.x, first.ids[0]
             store.save("activations", activation_maps(subject, x[0], layers, example_id=example), key=k)
 
+    if opts.wants("directions") and opts.directions and layers:
+        from .analyses.directions.section import default_layer, directions_section, load_directions
+
+        layer = opts.directions_layer or default_layer(subject, layers)
+        k = key("directions", layer=layer, limit=opts.limit, k=opts.k, reduce=opts.reduce,
+                steps=opts.dictionary_steps, user=[d.table()["read"] for d in subject.direction_sets() if d.kind == "dir"])
+        if layer is not None and not store.has("directions", k):
+            _say(f"directions: factors, a dictionary and random directions of {layer}; the map of the codes...",
+                 opts.progress)
+            store.save("directions", directions_section(
+                subject, data, layer, dictionary=opts.dictionary_steps > 0, dictionary_steps=max(opts.dictionary_steps, 1),
+                k=opts.k, reduce=opts.reduce, limit=opts.limit, batch_size=opts.batch_size, progress=opts.progress), key=k)
+        elif layer is not None:
+            load_directions(store, subject)
+
     if opts.wants("featvis") and opts.featvis_units != 0 and len(subject.input_shape) in (1, 3) and subject.hookable:
         k = key("featvis", layers=layers, units=opts.featvis_units, steps=opts.featvis_steps, seeds=opts.featvis_seeds,
-                diverse=opts.featvis_diverse, examples=store.sections().get("examples", {}).get("key"))
+                diverse=opts.featvis_diverse, examples=store.sections().get("examples", {}).get("key"),
+                directions=store.sections().get("directions", {}).get("key"), directions_featvis=opts.directions_featvis)
         if not store.has("featvis", k):
             store.save("featvis", _feature_visualizations(subject, data, store, layers, opts), key=k)
 
@@ -220,6 +243,21 @@ def _feature_visualizations(subject, data, store, layers, opts):
             fixed = visualize(subject, [f"{layer}:{u}@{place}" for u in us], **{**common, "diverse": 0}, negative=False)
             results += fixed.results
             seconds += fixed.seconds
+    if store.has("directions") and len(subject.input_shape) == 3:
+        units = store.table("directions", "units")
+        for group in store.summary("directions")["groups"]:
+            if not group["pages"]:
+                continue
+            shown = set(group["shown"] if group["kind"] != "sae" else group["shown"][:opts.directions_featvis])
+            addresses = [a for g, i, a in zip(units["layer"], units["index"], units["unit"])
+                         if g == group["layer"] and i in shown]
+            if not addresses:
+                continue
+            _say(f"feature visualization: {len(addresses)} directions of {group['source']} ({group['kind']})...",
+                 opts.progress)
+            dv = visualize(subject, addresses, **{**common, "diverse": 0}, negative=False)
+            results += dv.results
+            seconds += dv.seconds
     if subject.task == "classification":
         _say("feature visualization: classes...", opts.progress)
         v = visualize(subject, [f"class:{c}" for c in subject.classes], **common)

@@ -24,7 +24,7 @@ from .errors import (
     UnsupportedError,
     did_you_mean,
 )
-from .units import Unit, parse_unit
+from .units import AddressError, Unit, parse_unit
 
 ACTIVATIONS = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
@@ -229,6 +229,7 @@ class Subject:
         self._squash: tuple[str, str] | None = None
         self._output_dim: int | None = None
         self._probabilities_in_forward = False
+        self._directions: dict[tuple[str, str], object] = {}  # (layer, kind) -> DirectionSet
 
     # ----------------------------------------------------------------- feeding the model
     def _per_channel(self, value, what: str) -> torch.Tensor | None:
@@ -364,6 +365,7 @@ class Subject:
         other.model = model
         other._borrow_depth = 0
         other._active_captures = []
+        other._directions = dict(self._directions)
         return other
 
     # ----------------------------------------------------------------- layers
@@ -565,6 +567,7 @@ class Subject:
         self._require_hooks(f"unit {address}")
         info = self.layer(unit.layer)
         if unit.direction is not None:
+            self.direction(unit)
             return unit
         if unit.channel is not None:
             c = info.channels
@@ -590,6 +593,60 @@ class Subject:
                         f"{'x'.join(map(str, spatial))} grid: {axis} must be in 0..{s - 1}."
                     )
         return unit
+
+    # ----------------------------------------------------------------- directions
+    def add_directions(self, directions) -> list[str]:
+        """Make a :class:`~neuronscope.analyses.directions.book.DirectionSet`'s directions addressable
+        (``layer:nmf3``, ``layer:sae17``...); a set of the same layer and kind replaces the old one."""
+        info = self.layer(directions.layer)
+        if info.channels != directions.channels:
+            raise UnitOutOfRangeError(f"These directions have {directions.channels} components but layer "
+                                      f"{info.name!r} has {info.channels} channels.")
+        if directions.kind == "dir":  # the user's vectors accumulate
+            old = self._directions.get((info.name, "dir"))
+            if old is not None:
+                from .analyses.directions.book import from_vectors
+
+                keep = [i for i, n in enumerate(old.names) if n not in directions.names]
+                directions = from_vectors(info.name, [*old.read[keep], *directions.read],
+                                          names=[*(old.names[i] for i in keep), *directions.names])
+        self._directions[(info.name, directions.kind)] = directions
+        return directions.addresses()
+
+    def add_direction(self, layer: str, vector) -> str:
+        """Save a vector of ``layer``'s channel space as a unit; returns its ``layer:dir-xxxxxxxx`` address."""
+        from .analyses.directions.book import from_vectors
+
+        info = self.layer(layer)
+        v = torch.as_tensor(vector, dtype=torch.float32).reshape(-1)
+        if info.channels != v.numel():
+            raise UnitOutOfRangeError(f"Layer {info.name!r} has {info.channels} channels; the vector has {v.numel()} "
+                                      "numbers: give one per channel.")
+        return self.add_directions(from_vectors(info.name, v[None].numpy()))[0]
+
+    def direction(self, address: str | Unit):
+        """The (DirectionSet, index) an address like ``conv3:nmf2`` points at."""
+        unit = parse_unit(address)
+        if unit.direction is None:
+            raise AddressError(f"{address!r} is not a direction address (layer:nmfN, :pcaN, :saeN or :dir-xxxxxxxx).")
+        layer = self.layer(unit.layer).name
+        kind = "dir" if unit.direction.startswith("dir-") else unit.direction.rstrip("0123456789")
+        found = self._directions.get((layer, kind))
+        if found is None or unit.direction not in found.names:
+            known = [d for (lay, _), d in self._directions.items() if lay == layer]
+            have = "; ".join(f"{d.title}: {d.describe_names()}" for d in known) or "none yet"
+            raise UnitOutOfRangeError(
+                f"{layer!r} has no direction {unit.direction!r} (known: {have}). "
+                + (did_you_mean(unit.direction, [n for d in known for n in d.names], "direction") + " " if known else "")
+                + "Directions come from "
+                "ns.factorize / ns.learn_dictionary (then subject.add_directions), subject.add_direction(layer, "
+                "vector), or a report's store (ns.directions.load(store, subject)).")
+        return found, found.names.index(unit.direction)
+
+    def direction_sets(self, layer: str | None = None) -> list:
+        """The direction sets known for ``layer`` (every layer when None)."""
+        name = self.layer(layer).name if layer is not None else None
+        return [d for (lay, _), d in self._directions.items() if name is None or lay == name]
 
     # ----------------------------------------------------------------- activations
     _active_captures: list[Capture] = []

@@ -95,5 +95,6 @@ def parse_unit(address: str) -> Unit:
 
 
 def slug(layer: str) -> str:
-    """A layer address safe in file names and URLs ('#' would start a URL fragment)."""
-    return str(layer).replace("#", "~")
+    """A layer address safe in file names and URLs ('#' would start a URL fragment, and a ':' before
+    the first '/' would read as a URL scheme): ``block#1`` -> ``block~1``, ``relu3:nmf`` -> ``relu3~nmf``."""
+    return str(layer).replace("#", "~").replace(":", "~")

@@ -54,14 +54,17 @@ def first_layer_kernels(subject, layer: str) -> np.ndarray | None:
     return None
 
 
-def render(result, subject, data, *, max_units: int | None = 64) -> dict[str, Image.Image]:
-    """Sprites per unit: ``<layer>/<u>-top|bottom|range|patches|filter``; fills ``result.boxes``."""
+def render(result, subject, data, *, max_units: int | None = 64,
+           units: dict[str, list[int]] | None = None) -> dict[str, Image.Image]:
+    """Sprites per unit: ``<layer>/<u>-top|bottom|range|patches|filter``; fills ``result.boxes``.
+
+    Units ``0..max_units-1`` of each layer, or the ones ``units`` lists per layer."""
     if not is_image_input(subject):
         return {}
     wanted: set[str] = set()
-    chosen: dict[str, range] = {}
+    chosen: dict[str, list[int] | range] = {}
     for name, lr in result.layers.items():
-        chosen[name] = range(min(lr.spec.channels, max_units or lr.spec.channels))
+        chosen[name] = units[name] if units is not None else range(min(lr.spec.channels, max_units or lr.spec.channels))
         for u in chosen[name]:
             for rk in (lr.top, lr.bottom, *lr.ranged):
                 wanted.update(rk.ids[u])
@@ -77,8 +80,8 @@ def render(result, subject, data, *, max_units: int | None = 64) -> dict[str, Im
         boxes = {}
         if spatial:
             positions = sorted({lr.position(p) for u in chosen[name] for p in lr.top.pos[u][: len(lr.top.ids[u])]})
-            boxes = dict(zip(positions, receptive_fields(subject, name, positions)))
-        kernels = first_layer_kernels(subject, name)
+            boxes = dict(zip(positions, receptive_fields(subject, lr.spec.source or name, positions)))
+        kernels = first_layer_kernels(subject, name) if lr.spec.source is None else None
         scale = imaging.max_abs(kernels) if kernels is not None else None
         per_bin = lr.ranged[0].pos.shape[1] if lr.ranged else 0
         for u in chosen[name]:

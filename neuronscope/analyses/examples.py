@@ -38,6 +38,12 @@ class LayerSpec:
     spatial: tuple[int, ...]
     relu_like: bool
     type: str = ""
+    source: str | None = None  # the model layer read, when ``name`` is a group of directions in it
+    unit_names: tuple[str, ...] | None = None  # e.g. ("nmf0", "nmf1"); None: channel indices
+
+    def address(self, u: int) -> str:
+        """Unit ``u``'s address: ``layer:12``, or ``layer:nmf3`` for a group of directions."""
+        return f"{self.source or self.name}:{self.unit_names[u] if self.unit_names else u}"
 
 
 def layer_specs(subject, layers: Sequence[str]) -> list[LayerSpec]:
@@ -472,7 +478,7 @@ class ExamplesResult:
             peak_at, peak_share = lr.peak_consistency()
             for u in range(lr.spec.channels):
                 units["layer"].append(name)
-                units["unit"].append(f"{name}:{u}")
+                units["unit"].append(lr.spec.address(u))
                 units["index"].append(u)
                 for col, arr in (("mean", lr.mean), ("std", lr.std), ("min", lr.min), ("max", lr.max),
                                  ("active_fraction", lr.active)):
@@ -491,7 +497,7 @@ class ExamplesResult:
                     for rank, id_ in enumerate(rk.ids[u]):
                         p = lr.position(rk.pos[u, rank])
                         ex["layer"].append(name)
-                        ex["unit"].append(f"{name}:{u}")
+                        ex["unit"].append(lr.spec.address(u))
                         ex["kind"].append(kind)
                         ex["rank"].append(rank)
                         ex["id"].append(id_)
@@ -505,7 +511,7 @@ class ExamplesResult:
                 counts = lr.hist_counts[u]
                 for b in range(len(counts)):
                     hist["layer"].append(name)
-                    hist["unit"].append(f"{name}:{u}")
+                    hist["unit"].append(lr.spec.address(u))
                     hist["bin"].append(b)
                     hist["lo"].append(float(lr.min[u]) if b == 0 else float(edges[min(b - 1, len(edges) - 1)]))
                     hist["hi"].append(float(lr.max[u]) if b == len(counts) - 1 else float(edges[b]))
@@ -519,7 +525,7 @@ class ExamplesResult:
                 for u in range(p.shape[0]):
                     for c, col in enumerate(self.columns):
                         prof["layer"].append(name)
-                        prof["unit"].append(f"{name}:{u}")
+                        prof["unit"].append(self.layers[name].spec.address(u))
                         prof["column"].append(col)
                         prof["z"].append(float(p[u, c]))
             out["profiles"] = prof
@@ -533,14 +539,15 @@ class ExamplesResult:
         for name, lr in self.layers.items():
             dead, rare = lr.dead(), lr.rare()
             sel = lr.selectivity()
-            entry = {"layer": name, "type": lr.spec.type, "units": lr.spec.channels, "spatial": list(lr.spec.spatial),
+            entry = {"layer": name, "source": lr.spec.source or name, "type": lr.spec.type, "units": lr.spec.channels,
+                     "spatial": list(lr.spec.spatial),
                      "relu_like": lr.spec.relu_like, "dead": int(dead.sum()), "rare": int(rare.sum()),
                      "n": lr.n}
             if sel is not None:
                 best, si = sel
                 entry["selective"] = int((si >= SELECTIVE).sum())
                 top = np.argsort(-np.nan_to_num(si, nan=-1))[:3]
-                entry["most_selective"] = [{"unit": f"{name}:{u}", "class": self.classes[best[u]],
+                entry["most_selective"] = [{"unit": lr.spec.address(u), "class": self.classes[best[u]],
                                             "selectivity": float(si[u])} for u in top]
             layers.append(entry)
             if sel is not None and lr.spec.channels > 1:
@@ -550,7 +557,7 @@ class ExamplesResult:
                     u = int(np.nanargmax(si))
                     findings.append(
                         f"In {name}, {int(strong.sum())} of {lr.spec.channels} units prefer one class "
-                        f"(selectivity index >= {SELECTIVE}); the most selective, {name}:{u}, fires mostly for "
+                        f"(selectivity index >= {SELECTIVE}); the most selective, {lr.spec.address(u)}, fires mostly for "
                         f"'{self.classes[best[u]]}' ({si[u]:.2f}).")
         return {"k": self.k, "reduce": self.reduce, "classes": self.classes, "layers": layers,
                 "findings": findings, "has_pictures": bool(self.pictures), "vector_input": self.columns is not None}

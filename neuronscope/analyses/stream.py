@@ -30,16 +30,20 @@ class Step:
 
 
 def stream(subject, data, layers: Sequence[str] = (), *, limit: int | None = None, start: int = 0,
-           batch_size: int = 64, reduce=None, desc: str = "forward pass", progress: bool = True) -> Iterator[Step]:
+           batch_size: int = 64, reduce=None, desc: str = "forward pass", progress: bool = True,
+           spread: bool = False) -> Iterator[Step]:
     """Yield one :class:`Step` per batch: a single forward pass gives activations and outputs.
 
     With ``reduce`` the activations are what it returns for each layer output, computed inside
-    the hook (no copy of the feature maps)."""
+    the hook (no copy of the feature maps). With ``spread`` a ``limit`` smaller than the data takes
+    examples spread evenly over it (:func:`spread_batches`) rather than the first ones."""
     remaining = max(len(data) - start, 0)
     total = min(remaining, limit) if limit is not None else remaining
     bar = progress_bar(total=total, desc=desc, unit="ex", enabled=progress)
     try:
-        for batch in data.batches(batch_size, limit=limit, start=start):
+        batches = spread_batches(data, limit, batch_size) if spread and start == 0 else \
+            data.batches(batch_size, limit=limit, start=start)
+        for batch in batches:
             with torch.no_grad():
                 if layers:
                     with subject.capture(layers, reduce) as cap:
@@ -51,6 +55,33 @@ def stream(subject, data, layers: Sequence[str] = (), *, limit: int | None = Non
             yield Step(batch, acts, logits)
     finally:
         bar.close()
+
+
+def spread_batches(data, limit: int | None, batch_size: int = 64) -> Iterator:
+    """Batches of up to ``limit`` examples spread evenly over the data, for analyses that look at a
+    sample: folders list one class after another, so the first ``limit`` examples alone could all be
+    of one class. Unreadable examples are left out."""
+    from ..errors import NeuronscopeError
+
+    ids = list(data.ids())
+    if limit is None or int(limit) >= len(ids):
+        yield from data.batches(batch_size)
+        return
+    picked = ids[:: max(1, len(ids) // max(int(limit), 1))][: int(limit)]
+    for i in range(0, len(picked), batch_size):
+        chunk = picked[i:i + batch_size]
+        try:
+            yield data.get(chunk)
+        except NeuronscopeError:
+            good = []
+            for one in chunk:
+                try:
+                    data.get([one])
+                    good.append(one)
+                except NeuronscopeError:
+                    pass
+            if good:
+                yield data.get(good)
 
 
 def run_pass(subject, data, layers: Sequence[str], reducers: Mapping[str, object], *,

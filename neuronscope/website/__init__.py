@@ -14,7 +14,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from ..atomic import atomic_write
 from ..store import Store
 from ..units import slug
-from . import attribution_pages, featvis_pages, svg, tabular_pages, unit_pages
+from . import attribution_pages, directions_pages, featvis_pages, svg, tabular_pages, unit_pages
 
 #: Pages in navigation order: (section in the store, file, title). "overview" is index.html.
 PAGES = [
@@ -24,6 +24,7 @@ PAGES = [
     ("activations", "activations.html", "Activation maps"),
     ("examples", "examples.html", "Dataset examples"),
     ("featvis", "featvis.html", "Feature visualization"),
+    ("directions", "directions.html", "Directions"),
     ("attribution", "attribution.html", "Attribution"),
     ("tabular", "tabular.html", "Columns"),
     ("layer_stats", "layers.html", "Layer statistics"),
@@ -38,7 +39,7 @@ def _env() -> Environment:
     env.filters["shape"] = lambda s: "×".join(map(str, s)) if s else "?"
     env.filters["slug"] = slug
     env.globals.update(svg_histogram=svg.histogram, svg_bars=svg.bars, svg_waterfall=svg.waterfall,
-                       svg_intervals=svg.intervals, svg_lines=svg.lines)
+                       svg_intervals=svg.intervals, svg_lines=svg.lines, svg_scatter=svg.scatter)
     return env
 
 
@@ -82,6 +83,7 @@ def render_site(root: str | os.PathLike) -> Path:
     extra.update(featvis_pages.context(store) if "featvis" in sections else {"fv_by_unit": {}, "fv_fixed": {}})
     extra.update(attribution_pages.context(store) if "attribution" in sections else dict(attribution_pages.EMPTY))
     extra.update(tabular_pages.context(store) if "tabular" in sections else dict(tabular_pages.EMPTY))
+    extra.update(directions_pages.context(store) if "directions" in sections else dict(directions_pages.EMPTY))
     for section, file, title in PAGES:
         if section not in sections:
             continue
@@ -91,6 +93,9 @@ def render_site(root: str | os.PathLike) -> Path:
         atomic_write(store.root / file, page.encode())
     if "ex_layers" in extra:
         unit_pages.render(store, env, {**common, **extra, "root": "../../", "page": "examples.html"})
+    if "directions" in sections:
+        unit_pages.render(store, env, {**common, **extra, **unit_pages.context(store, "directions"), "root": "../../",
+                                       "page": "directions.html", "group_page": "directions.html"})
     return store.root / "index.html"
 
 

@@ -9,6 +9,7 @@ from collections import defaultdict
 
 from ..store import Store
 from ..units import slug
+from .unit_pages import unit_link
 
 
 def _picture_base(row: dict) -> str:
@@ -35,13 +36,18 @@ def context(store: Store) -> dict:
             fixed[row["address"].split("@")[0]] = row
             continue
         by_unit[row["address"]] = row
-        (classes if row["kind"] == "class" else layers[row["layer"]]).append(row)
+        if row["kind"] == "class":
+            classes.append(row)
+            continue
+        row["link"] = unit_link(row["address"])
+        layers[row["layer"] + (" directions" if row["kind"] == "direction" else "")].append(row)
     if "profiles" in entry["tables"]:
         prof = store.table("featvis", "profiles")
         pk = list(prof)
         for vals in zip(*prof.values()):
             p = dict(zip(pk, vals))
             by_unit[p["address"]].setdefault("profile", []).append(p)
-    grids = [{"layer": layer, "grid": images.get(f"{slug(layer)}/grid"), "units": rows} for layer, rows in layers.items()]
+    grids = [{"layer": layer, "grid": images.get(f"{slug(layer.replace(' directions', '-directions'))}/grid"), "units": rows}
+             for layer, rows in layers.items()]
     return {"fv": entry["summary"], "fv_by_unit": by_unit, "fv_fixed": fixed, "fv_layers": grids, "fv_classes": classes,
             "fv_class_grid": images.get("classes/grid")}

@@ -283,3 +283,45 @@ def lines(xs: list, curves: list[list[float]], *, highlight=(0,), width: int = 2
                      f"transform='rotate(-90 10 {top + ph / 2:.1f})'>{html.escape(ylabel)}</text>")
     return Markup(f"<svg class='lines' viewBox='0 0 {width} {height}' width='{width}' height='{height}' "
                   f"data-curves='{len(curves)}'>" + "".join(parts) + "</svg>")
+
+
+def scatter(xs: list[float], ys: list[float], colours: list[str], titles: list[str],
+            links: list[str | None] | None = None, width: int = 420, height: int = 420) -> Markup:
+    """One small circle per point (``circle.pt``, filled with its colour), with its title as a
+    tooltip and, when ``links`` gives one, wrapped in a link. No axes and no legend: the points are
+    scaled to fit with a margin, one factor for both axes (a 2-D layout keeps its shape), y up.
+
+    Titles, colours and links are escaped; a ``javascript:`` (or ``vbscript:``) link is dropped.
+    Points with a non-finite coordinate are left out."""
+    n = len(xs)
+    links = list(links) if links is not None else [None] * n
+    pts = [(x, y, i) for i, (x, y) in enumerate(zip((finite(v) for v in xs), (finite(v) for v in ys)))
+           if x is not None and y is not None]
+    if not pts:
+        return Markup("<p class='muted'>no points</p>")
+    r = 3.0 if len(pts) <= 400 else 2.2 if len(pts) <= 2000 else 1.5
+    margin = r + 4
+    x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
+    y0, y1 = min(p[1] for p in pts), max(p[1] for p in pts)
+    pw, ph = max(width - 2 * margin, 1), max(height - 2 * margin, 1)
+    sx = pw / (x1 - x0) if x1 > x0 else math.inf
+    sy = ph / (y1 - y0) if y1 > y0 else math.inf
+    scale = min(sx, sy)
+    scale = 0.0 if not math.isfinite(scale) else scale
+    ox = margin + (pw - (x1 - x0) * scale) / 2
+    oy = margin + (ph - (y1 - y0) * scale) / 2
+    parts = []
+    for x, y, i in pts:
+        cx = ox + (x - x0) * scale
+        cy = height - (oy + (y - y0) * scale)
+        fill = html.escape(str(colours[i]) if i < len(colours) else "#57606a", quote=True)
+        title = html.escape(str(titles[i]) if i < len(titles) else "")
+        dot = (f"<circle class='pt' cx='{cx:.1f}' cy='{cy:.1f}' r='{r}' fill='{fill}' fill-opacity='0.85' "
+               f"stroke='#ffffff' stroke-width='0.5'><title>{title}</title></circle>")
+        href = links[i] if i < len(links) else None
+        scheme = "".join(ch for ch in str(href or "") if ord(ch) > 32).lower()
+        if href and not scheme.startswith(("javascript:", "vbscript:")):
+            dot = f"<a href='{html.escape(str(href), quote=True)}'>{dot}</a>"
+        parts.append(dot)
+    return Markup(f"<svg class='scatter' viewBox='0 0 {width} {height}' width='{width}' height='{height}' "
+                  f"data-points='{len(pts)}'>" + "".join(parts) + "</svg>")

@@ -28,16 +28,17 @@ def unit_link(unit: str) -> str:
     return f"units/{slug(layer)}/{u}.html"
 
 
-def context(store: Store) -> dict:
-    """Everything the examples templates need, grouped once."""
-    entry = store.sections()["examples"]
+def context(store: Store, section: str = "examples") -> dict:
+    """Everything the examples templates need, grouped once; ``section="directions"`` gives the same
+    for the directions' examples (groups like ``relu3:nmf`` instead of layers)."""
+    entry = store.sections()[section]
     summary = entry["summary"]
     images = entry.get("images", {})
-    units = store.table("examples", "units")
-    examples = _group(store.table("examples", "examples"), "unit")
-    hists = _group(store.table("examples", "histograms"), "unit")
-    profiles = _group(store.table("examples", "profiles"), "unit") if "profiles" in entry["tables"] else {}
-    rows = store.table("examples", "rows") if "rows" in entry["tables"] else None
+    units = store.table(section, "units")
+    examples = _group(store.table(section, "examples"), "unit")
+    hists = _group(store.table(section, "histograms"), "unit")
+    profiles = _group(store.table(section, "profiles"), "unit") if "profiles" in entry["tables"] else {}
+    rows = store.table(section, "rows") if "rows" in entry["tables"] else None
     by_layer: dict[str, list[dict]] = defaultdict(list)
     keys = list(units)
     for vals in zip(*units.values()):
@@ -45,6 +46,7 @@ def context(store: Store) -> dict:
         name = u["unit"]
         base = f"{slug(u['layer'])}/{u['index']}"
         u["link"] = unit_link(name)
+        u["file"] = u["link"].rsplit("/", 1)[1]
         u["pictures"] = {kind: images[f"{base}-{kind}"] for kind in ("top", "bottom", "range", "patches", "filter")
                          if f"{base}-{kind}" in images}
         u["examples"] = {kind: [e for e in examples.get(name, []) if e["kind"] == kind] for kind in KINDS}
@@ -54,7 +56,7 @@ def context(store: Store) -> dict:
         u["profile"] = profiles.get(name, [])
         by_layer[u["layer"]].append(u)
     layers = []
-    for info in summary["layers"]:
+    for info in summary["layers" if section == "examples" else "groups"]:
         layers.append({**info, "units_list": by_layer[info["layer"]]})
     row_index = {}
     if rows is not None:
@@ -64,9 +66,15 @@ def context(store: Store) -> dict:
 
 
 def render(store: Store, env, ctx: dict) -> None:
+    """One page per unit of ``ctx["ex_layers"]`` (groups of directions: the units they show)."""
     template = env.get_template("unit.html")
     for layer in ctx["ex_layers"]:
         units = layer["units_list"]
+        if "shown" in layer:
+            if not layer.get("pages"):
+                continue
+            keep = set(layer["shown"])
+            units = [u for u in units if u["index"] in keep]
         for n, u in enumerate(units):
             page = template.render(**ctx, title=u["unit"], u=u, layer=layer,
                                    prev=units[n - 1] if n else None, next=units[n + 1] if n + 1 < len(units) else None)

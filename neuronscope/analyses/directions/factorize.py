@@ -158,7 +158,7 @@ def factorize(subject, data, layer: str, *, method: str = "nmf", k: int = 6, lim
     n_examples = 0
     with subject.borrowed():
         for step in stream(subject, data, [name], limit=limit, batch_size=batch_size,
-                           desc=f"factorize {name}", progress=progress):
+                           desc=f"factorize {name}", progress=progress, spread=True):
             acts = step.activations[name]
             if isinstance(acts, tuple):
                 acts = acts[0]

@@ -200,7 +200,7 @@ def train_dictionary(stream: Stream, dim: int, *, features: int | None = None, k
                      resample_dead_every: int = 1000, layer: str | None = None,
                      init: Dictionary | None = None, eval_stream: Stream | None = None,
                      eval_rows: int = 65536, norm_rows: int = 4096,
-                     progress: bool = False) -> tuple[Dictionary, DictionaryMetrics]:
+                     on_step: Callable[[int], object] | None = None) -> tuple[Dictionary, DictionaryMetrics]:
     """Train a TopK sparse autoencoder on batches of ``(N, dim)`` activation rows.
 
     ``stream``: an iterable of batches, or a callable returning a fresh iterator (one epoch)
@@ -315,8 +315,8 @@ def train_dictionary(stream: Stream, dim: int, *, features: int | None = None, k
                     _resample(dead, x, x_hat, per_row, w_enc, b_enc, w_dec, opt, gen)
                     since_fired[dead] = 0
                     history["resampled"].append((step, len(dead)))
-        if progress and step % 100 == 0:
-            print(f"step {step}: loss {float(loss):.4f}, l0 {l0:.2f}")
+        if on_step is not None:
+            on_step(1)
         del x, z, x_hat, per_row, loss
 
     dictionary = Dictionary(layer=layer, encoder=w_enc.detach(), decoder=w_dec.detach(),
@@ -380,3 +380,36 @@ class _TailStats:
         return DictionaryMetrics(l0=float(active / n), explained_variance=float(1 - err / total),
                                  dead_fraction=float((~fired).float().mean()), rows=n,
                                  fired=fired)
+
+
+def learn_dictionary(subject, data, layer: str, *, features: int | None = None, k: int | None = None,
+                     steps: int = 500, lr: float = 3e-3, limit: int | None = 2048, batch_rows: int = 1024,
+                     resample_dead_every: int = 200, seed: int = 0, batch_size: int = 64,
+                     progress: bool = False) -> tuple[Dictionary, DictionaryMetrics]:
+    """Train a dictionary on ``layer``'s activations over ``data`` (every position of every example).
+
+    Defaults: ``features = 8 x channels`` and ``k`` = 5% of them (at least 4), ``steps`` Adam
+    steps of ``batch_rows`` shuffled rows (see :class:`~.rows.ActivationRows`: memory is bounded
+    by its buffer and cache, not by the dataset). The metrics are measured on a fresh pass.
+    """
+    from .rows import ActivationRows
+
+    rows = ActivationRows(subject, data, layer, limit=limit, batch_rows=batch_rows, batch_size=batch_size,
+                          seed=seed, progress=False)
+    features = int(features or 8 * rows.dim)
+    k = int(k or max(4, round(0.05 * features)))
+    if steps < 1:
+        raise OptionError(f"steps must be at least 1; got {steps}.")
+    bar = None
+    if progress:
+        from ...progress import progress_bar
+
+        bar = progress_bar(total=steps, desc=f"dictionary on {rows.layer}", unit="step", enabled=True)
+    try:
+        d, m = train_dictionary(rows, rows.dim, features=features, k=k, steps=steps, lr=lr, seed=seed,
+                                resample_dead_every=resample_dead_every, layer=rows.layer,
+                                on_step=bar.update if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    return d, m

@@ -24,7 +24,7 @@ import torch
 from ...errors import NeuronscopeError, UnitOutOfRangeError, did_you_mean
 from ...imaging import input_rgb, tile_grid, upscale_nearest
 from ...subject import Subject
-from ...units import slug
+from ...units import Unit, parse_unit, slug
 from . import objectives as O
 from .evidence import _pairwise_mean, real_maxima_from_data, real_maxima_from_store, seed_consistency, unit_scores
 from .param import IMAGENET_COLOUR, PixelParam, colour_matrix, magnitude_spectrum
@@ -147,7 +147,7 @@ class Visualization:
                 out[f"{name}-neg"] = self.strip(r.negative)
             if r.diverse is not None:
                 out[f"{name}-div"] = self.strip(r.diverse)
-            group = "classes" if r.target.layer is None else slug(r.target.layer) + ("-neurons" if r.target.kind == "neuron" else "")
+            group = "classes" if r.target.layer is None else slug(r.target.layer) + {"neuron": "-neurons", "direction": "-directions"}.get(r.target.kind, "")
             groups.setdefault(group, []).append(r)
         for group, rs in groups.items():
             out[f"{group}/grid"] = Visualization(rs, self.value_range, self.options).grid()
@@ -209,13 +209,11 @@ def _parse_targets(subject: Subject, what, directions: dict | None, units: Seque
         return idx, [Target(f"class:{names[k]}", None, k, "class") for k in idx]
     targets = []
     for w in what:
+        _register_given(subject, w, directions)
         unit = subject.resolve(w)
         info = subject.layer(unit.layer)
         if unit.direction is not None:
-            if not directions or unit.direction not in directions:
-                raise NeuronscopeError(f"{w}: give the direction's vector with directions={{'{unit.direction}': v}} "
-                                       f"(a vector of {info.channels} numbers).")
-            targets.append(Target(str(unit), info.name, None, "direction"))
+            targets.append(Target(str(unit), info.name, subject.direction(unit)[1], "direction"))
         elif unit.channel is None:
             c = info.channels or 1
             chosen = range(c) if units is None else units
@@ -234,13 +232,34 @@ def _parse_targets(subject: Subject, what, directions: dict | None, units: Seque
     return None, targets
 
 
+def _register_given(subject: Subject, address, directions: dict | None) -> None:
+    """A direction passed as ``directions={name: vector}`` that the subject does not know yet becomes
+    one of its units (the name's prefix says the kind: ``dir-...``, ``nmf3``, ...)."""
+    from ..directions.book import from_vectors
+
+    if not directions or isinstance(address, Unit):
+        return
+    unit = parse_unit(address)
+    if unit.direction is None or unit.direction not in directions:
+        return
+    layer = subject.layer(unit.layer).name
+    known = {n for d in subject.direction_sets(layer) for n in d.names}
+    if unit.direction in known:
+        return
+    kind = "dir" if unit.direction.startswith("dir-") else unit.direction.rstrip("0123456789")
+    if any(d.kind == kind for d in subject.direction_sets(layer)):
+        raise NeuronscopeError(f"{layer} already has {kind} directions without {unit.direction!r}: name the vector "
+                               "'dir-xxxxxxxx' or use subject.add_direction(layer, vector).")
+    subject.add_directions(from_vectors(layer, [directions[unit.direction]], kind=kind, names=[unit.direction]))
+
+
 def _objective(subject: Subject, targets: list[Target], class_idx, directions, class_objective: str):
     kind, layer = targets[0].kind, targets[0].layer
     if kind == "class":
         make = O.class_logprob if class_objective == "logprob" else O.class_logit
         return make(class_idx, names=[t.address for t in targets])
     if kind == "direction":
-        vecs = np.stack([np.asarray(directions[t.address.rsplit(":", 1)[1]], dtype=np.float32) for t in targets])
+        vecs = np.stack([d.read[i] for d, i in (subject.direction(t.address) for t in targets)])
         return O.direction(layer, vecs, names=[t.address for t in targets])
     if kind == "neuron":
         positions = {subject.resolve(t.address).position for t in targets}
@@ -357,7 +376,10 @@ def visualize(
         obj = objective + (diversity_weight * scale) * O.diversity(_diversity_layer(subject, targets))
         div = render(subject, obj, replicas=diverse, seed=seed + 104729, desc="diverse sets", **common)
 
-    real, reduce = _real_maxima(subject, layer, data, store)
+    if targets[0].kind == "direction":
+        real, reduce = _direction_maxima(subject, targets, data, store)
+    else:
+        real, reduce = _real_maxima(subject, layer, data, store)
 
     results = []
     for t, tg in enumerate(targets):
@@ -373,6 +395,10 @@ def visualize(
                 res.reached = float(subject.logits(torch.as_tensor(images[:1]))[0].reshape(-1)[tg.index]) \
                     if subject.output_dim > 1 else float(values[0])
             res.real_max = real.get(tg.index) if real else None
+        elif tg.kind == "direction":
+            d, i = subject.direction(tg.address)
+            res.reached = float(direction_scores(subject, d, images[:1], reduce)[0, i])
+            res.real_max = real.get(tg.address) if real else None
         elif tg.kind in ("channel", "neuron"):
             res.reached = float(unit_scores(subject, layer, images[:1], reduce)[0, tg.index])
             res.real_max = real.get(tg.index) if real else None
@@ -512,6 +538,39 @@ def _real_maxima(subject: Subject, layer: str | None, data, store) -> tuple[dict
     return (real_maxima_from_data(subject, data, layer) if data is not None else None), "max"
 
 
+def direction_scores(subject: Subject, directions, raw, reduce: str = "max") -> np.ndarray:
+    """(B, K) scores of a DirectionSet on raw inputs, reduced over positions like the examples pass."""
+    with torch.no_grad():
+        act = subject.activations(torch.as_tensor(raw), [directions.layer])[directions.layer]
+    from .evidence import reduce_map
+
+    return reduce_map(directions.scores(act), reduce).double().numpy()
+
+
+def _direction_maxima(subject: Subject, targets: list[Target], data, store, limit: int = 2048):
+    """Each direction's largest score on real data: from the store's directions section, else from ``data``."""
+    wanted = {t.address for t in targets}
+    if store is not None and store.has("directions") and "examples" in store.sections()["directions"].get("tables", {}):
+        ex = store.table("directions", "examples")
+        best = {u: float(sc) for u, kind, rank, sc in zip(ex["unit"], ex["kind"], ex["rank"], ex["score"])
+                if u in wanted and kind == "top" and rank == 0 and sc is not None}
+        if set(best) == wanted:
+            return best, store.summary("directions").get("reduce", "max")
+    if data is None:
+        return None, "max"
+    sets = {}
+    for t in targets:
+        d, i = subject.direction(t.address)
+        sets.setdefault(id(d), (d, []))[1].append((t.address, i))
+    best: dict[str, float] = {}
+    for b in data.batches(128, limit=limit):
+        for d, items in sets.values():
+            s = direction_scores(subject, d, b.x, "max").max(0)
+            for address, i in items:
+                best[address] = max(best.get(address, -np.inf), float(s[i]))
+    return best, "max"
+
+
 def _class_maxima(subject: Subject, data, limit: int = 2048) -> dict[int, float]:
     best = None
     with torch.no_grad():
@@ -613,7 +672,10 @@ def visualize_vectors(subject: Subject, what, *, units=None, data=None, store=No
                 score = unit_scores(subject, layer, rows, "max")
         init = np.concatenate([rows[np.argsort(-score[:, t.index])[:seeds]] for t in targets])
     res = maximize(subject, objective, region, replicas=seeds, steps=steps, seed=seed, init=init, progress=progress)
-    real, reduce = _real_maxima(subject, layer, data, store)
+    if targets[0].kind == "direction":
+        real, reduce = _direction_maxima(subject, targets, data, store)
+    else:
+        real, reduce = _real_maxima(subject, layer, data, store)
     results = []
     for t, tg in enumerate(targets):
         rows = np.flatnonzero(res.target == t)
