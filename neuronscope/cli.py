@@ -161,6 +161,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pictures", type=int, default=64, metavar="N", help="units per layer that get pictures (default: 64)")
     p.add_argument("--batch-size", type=int, default=64, metavar="N", help="examples per forward pass (default: 64)")
 
+    p = sub.add_parser("directions", help="look at a layer as a space: factors, a sparse dictionary, random directions",
+                       formatter_class=fmt,
+                       description="A layer is a space, not only a basis. For one layer: non-negative factors (NMF; PCA "
+                                   "when the layer can go negative) of its activations at every position, a sparse "
+                                   "dictionary (TopK sparse autoencoder) with its explained variance, L0 and dead "
+                                   "features, the loss when the layer is replaced by each reconstruction, real top "
+                                   "examples and class links for every direction, whether its neurons are purer than "
+                                   "random directions, and a t-SNE map of the codes the classifier reads. Each "
+                                   "direction becomes a unit (layer:nmf3, layer:sae17, layer:dir-1a2b3c4d) with its "
+                                   "own page; `neuronscope visualize --store DIR` draws them.",
+                       epilog="example: neuronscope directions model.pt --data images/ --layer conv3 --out report/")
+    _add_model_args(p)
+    _add_data_args(p, required=True)
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the results store and the pages")
+    p.add_argument("--layer", metavar="LAYER", help="the layer (default: the last spatial ReLU layer)")
+    p.add_argument("--factors", type=int, default=6, metavar="K", help="NMF factors / principal components (default: 6)")
+    p.add_argument("--dictionary-steps", type=int, default=500, metavar="N",
+                   help="training steps of the sparse dictionary (default: 500; 0: no dictionary)")
+    p.add_argument("--direction", action="append", default=[], metavar="FILE.npy",
+                   help="a vector of the layer's channel space (a .npy file) to look at too; becomes "
+                        "LAYER:dir-<hash> (repeatable)")
+    p.add_argument("--batch-size", type=int, default=64, metavar="N", help="examples per forward pass (default: 64)")
+
     p = sub.add_parser("visualize", help="draw what input a unit, layer, direction or class wants most", formatter_class=fmt,
                        description="Activation maximization with Lucid's recipe (Fourier + decorrelated colour, "
                                    "transformation robustness, redirected-ReLU warm-up), every target of a layer in one "
@@ -168,10 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "evidence.csv: the score reached, its ratio to the largest real score (with --data), "
                                    "seed consistency, and units no input could turn on.",
                        epilog="TARGET is a unit address: 'conv3' (every channel; pick some with --units), 'conv3:5', "
-                              "'conv3:5@4,4' (one spatial neuron), or 'class:NAME' (several allowed, one layer or "
+                              "'conv3:5@4,4' (one spatial neuron), 'conv3:nmf2' or 'conv3:sae17' (a direction found by "
+                              "`neuronscope directions`, with --store), or 'class:NAME' (several allowed, one layer or "
                               "all classes per call).")
     _add_model_args(p)
     p.add_argument("targets", nargs="+", metavar="TARGET", help="unit addresses or class:NAME")
+    p.add_argument("--store", metavar="DIR", help="a report folder whose directions (layer:nmf3, layer:sae17, "
+                                                  "layer:dir-...) become drawable targets")
     p.add_argument("--data", metavar="DATA", help="real inputs: colour statistics and the largest real activations; "
                                                   "for models on vectors, the region the search stays in")
     p.add_argument("--target", metavar="COLUMN", help="target column of a table given as --data")
@@ -310,6 +336,15 @@ def _report(args) -> int:
     if args.command == "examples":
         opts.k, opts.reduce, opts.max_units = args.k, args.reduce, args.pictures
         opts.sections = ("overview", "examples")
+    elif args.command == "directions":
+        opts.sections = ("overview", "directions")
+        opts.directions_layer = subject.layer(args.layer).name if args.layer else None
+        opts.factors, opts.dictionary_steps = args.factors, args.dictionary_steps
+        for path in args.direction:
+            layer = opts.directions_layer
+            if layer is None:
+                raise NeuronscopeError("--direction needs --layer: the layer whose channel space the vector lives in.")
+            print(f"{path}: {subject.add_direction(layer, _vector(path))}")
     elif args.command == "tabular":
         if len(data.input_shape) != 1:
             raise NeuronscopeError("neuronscope tabular is for networks on numeric vectors (a table or an array of rows); "
@@ -323,10 +358,28 @@ def _report(args) -> int:
     index = report(subject, data, args.out, opts)
     if args.command == "tabular":
         return _tabular_files(Path(args.out))
-    page = index if args.command == "report" else index.with_name("examples.html")
-    print(f"{'Report' if args.command == 'report' else 'Dataset examples'} written: {page}\n"
+    if args.command == "directions":
+        from .store import Store
+
+        for line in Store(args.out).summary("directions")["findings"]:
+            print("- " + line)
+    page = {"report": index, "directions": index.with_name("directions.html")}.get(args.command,
+                                                                                 index.with_name("examples.html"))
+    print(f"{ {'report': 'Report', 'directions': 'Directions'}.get(args.command, 'Dataset examples')} written: {page}\n"
           f"Open it in a browser, or run: neuronscope serve {args.out}")
     return 0
+
+
+def _vector(path: str):
+    import numpy as np
+
+    try:
+        v = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise NeuronscopeError(f"--direction {path}: cannot read a .npy vector ({e}).") from None
+    if v.ndim != 1:
+        raise NeuronscopeError(f"--direction {path}: expected one vector (shape (C,)), got shape {v.shape}.")
+    return v
 
 
 def _groups(items: list[str]) -> dict[str, list[str]]:
@@ -403,6 +456,11 @@ def _visualize(args) -> int:
 
     subject, data = _subject_and_optional_data(args, args.target)
     out = Path(args.out)
+    if args.store:
+        from .analyses.directions.section import load_directions
+        from .store import Store
+
+        load_directions(Store(args.store), subject)
     if args.accentuate:
         return _accentuate(args, subject, data, out)
     from .analyses.featvis import visualize
@@ -582,7 +640,7 @@ def _run(args) -> int:
         index = report(_subject_from_args(args), None, args.out, ReportOptions(progress=not args.quiet))
         print(f"Filters written: {index}")
         return 0
-    if args.command in ("report", "examples", "tabular"):
+    if args.command in ("report", "examples", "tabular", "directions"):
         return _report(args)
     if args.command == "visualize":
         return _visualize(args)

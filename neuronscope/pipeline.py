@@ -50,6 +50,7 @@ class ReportOptions:
     groups: dict | None = None  # columns permuted together for importance, e.g. {"embarked": ["emb_C", "emb_Q"]}
     directions: bool = True  # the layer as a space: factors, a sparse dictionary, random directions, the code map
     directions_layer: str | None = None  # default: the last spatial ReLU layer among the report's layers
+    factors: int = 6  # NMF factors (principal components when the layer can go negative)
     dictionary_steps: int = 500  # training steps of the sparse dictionary (0: no dictionary)
     directions_featvis: int = 8  # dictionary features drawn (every factor is drawn)
 
@@ -166,13 +167,13 @@ def analyze(subject, data, out: str | Path, options: ReportOptions | None = None
         from .analyses.directions.section import default_layer, directions_section, load_directions
 
         layer = opts.directions_layer or default_layer(subject, layers)
-        k = key("directions", layer=layer, limit=opts.limit, k=opts.k, reduce=opts.reduce,
+        k = key("directions", layer=layer, limit=opts.limit, k=opts.k, reduce=opts.reduce, factors=opts.factors,
                 steps=opts.dictionary_steps, user=[d.table()["read"] for d in subject.direction_sets() if d.kind == "dir"])
         if layer is not None and not store.has("directions", k):
             _say(f"directions: factors, a dictionary and random directions of {layer}; the map of the codes...",
                  opts.progress)
             store.save("directions", directions_section(
-                subject, data, layer, dictionary=opts.dictionary_steps > 0, dictionary_steps=max(opts.dictionary_steps, 1),
+                subject, data, layer, nmf_k=opts.factors, dictionary=opts.dictionary_steps > 0, dictionary_steps=max(opts.dictionary_steps, 1),
                 k=opts.k, reduce=opts.reduce, limit=opts.limit, batch_size=opts.batch_size, progress=opts.progress), key=k)
         elif layer is not None:
             load_directions(store, subject)

@@ -622,7 +622,9 @@ class Subject:
         if info.channels != v.numel():
             raise UnitOutOfRangeError(f"Layer {info.name!r} has {info.channels} channels; the vector has {v.numel()} "
                                       "numbers: give one per channel.")
-        return self.add_directions(from_vectors(info.name, v[None].numpy()))[0]
+        new = from_vectors(info.name, v[None].numpy())
+        self.add_directions(new)
+        return new.addresses()[0]
 
     def direction(self, address: str | Unit):
         """The (DirectionSet, index) an address like ``conv3:nmf2`` points at."""
@@ -640,7 +642,8 @@ class Subject:
                 + (did_you_mean(unit.direction, [n for d in known for n in d.names], "direction") + " " if known else "")
                 + "Directions come from "
                 "ns.factorize / ns.learn_dictionary (then subject.add_directions), subject.add_direction(layer, "
-                "vector), or a report's store (ns.directions.load(store, subject)).")
+                "vector), or a report's store (ns.load_directions(store, subject); on the command line, "
+                "visualize --store DIR).")
         return found, found.names.index(unit.direction)
 
     def direction_sets(self, layer: str | None = None) -> list:

@@ -613,7 +613,8 @@ def test_report_has_feature_visualizations_and_reuses_them(tmp_path, monkeypatch
     data = neuronscope.open_data(tmp_path / "d.npz")
     s = Subject(small_cnn(seed=0, c=4), (3, 16, 16), mean=0.5, std=0.25)
     out = tmp_path / "r"
-    opts = ReportOptions(featvis_units=2, featvis_steps=8, featvis_seeds=2, featvis_diverse=2, progress=False)
+    opts = ReportOptions(featvis_units=2, featvis_steps=8, featvis_seeds=2, featvis_diverse=2, directions=False,
+                         progress=False)
     neuronscope.report(s, data, out, opts)
     assert (out / "featvis.html").exists()
     table = Store(out).table("featvis", "targets")
@@ -628,7 +629,7 @@ def test_report_has_feature_visualizations_and_reuses_them(tmp_path, monkeypatch
 
     monkeypatch.setattr(visualize_module, "visualize", must_not_run)
     neuronscope.report(s, data, out, ReportOptions(featvis_units=2, featvis_steps=8, featvis_seeds=2,
-                                                   featvis_diverse=2, progress=False))
+                                                   featvis_diverse=2, directions=False, progress=False))
     assert Store(out).sections()["featvis"]["key"] == key
     with pytest.raises(AssertionError, match="reused"):  # and a changed option does recompute
         neuronscope.report(s, data, out, ReportOptions(featvis_units=2, featvis_steps=9, featvis_seeds=2,

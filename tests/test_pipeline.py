@@ -138,8 +138,9 @@ def test_report_writes_a_site_and_resumes(image_folder, tmp_path, monkeypatch):
     assert index == out / "index.html"
     manifest = json.loads((out / "manifest.json").read_text())
     assert set(manifest["sections"]) == {"overview", "filters", "sanity", "layer_stats", "activations", "examples",
-                                         "attribution"}
-    for page in ["index.html", "filters.html", "sanity.html", "activations.html", "layers.html", "attribution.html"]:
+                                         "attribution", "directions"}
+    for page in ["index.html", "filters.html", "sanity.html", "activations.html", "layers.html", "attribution.html",
+                 "directions.html"]:
         html = (out / page).read_text()
         for src in re.findall(r'(?:src|href)="([^"#:]+)"', html):
             assert (out / src).exists(), f"{page} links to missing {src}"
@@ -159,7 +160,11 @@ def test_report_writes_a_site_and_resumes(image_folder, tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "activation_maps", boom)
     monkeypatch.setattr(pipeline, "run_pass", boom)
     monkeypatch.setattr("neuronscope.analyses.attribution.section.attribution_section", boom)
+    monkeypatch.setattr("neuronscope.analyses.directions.section.directions_section", boom)
     analyze(s, data, out, opts)
+    # the stored directions are units of the subject again (layer:nmf0 ... resolve)
+    layer = manifest["sections"]["directions"]["summary"]["layer"]
+    assert s.resolve(f"{layer}:nmf0").direction == "nmf0" and s.resolve(f"{layer}:sae0").direction == "sae0"
 
     # Changed weights invalidate the sections.
     with torch.no_grad():
