@@ -35,8 +35,10 @@ Layer ``relu3`` of the demo's shapes CNN (64 channels, 8x8 map): the 2,000 test 
 4. **NMF** (``factorize(..., method="nmf", k=6, limit=2048)``): time and reconstruction error
    ||A - WH||_F / ||A||_F, with the default dictionary's same relative error on all 128,000 rows.
 
-Every timed part records the load average (``os.getloadavg``) and the cores other processes used
-meanwhile (``/proc/stat``); nothing is rerun. torch uses 2 threads.
+Before every timed part (and every memory subprocess) the script waits up to ``--quiet-wait``
+seconds (default 30) for other processes to go idle, then records the load average
+(``os.getloadavg``) and the cores other processes used meanwhile (``/proc/stat``); nothing is
+rerun. torch uses 2 threads (`--threads`).
 
 Usage: ``.venv/bin/python bench/bench_directions.py [--data-root /tmp/demo-data] [--json
 bench/results/directions.json] [--md bench/results/directions.md] [--quick]`` (about 3 minutes on
@@ -67,7 +69,7 @@ for p in (str(REPO), str(REPO / "bench")):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from bench_examples import machine, timed  # noqa: E402  (same machine record and timing)
+from bench_examples import machine, timed, wait_quiet  # noqa: E402  (same machine record and timing)
 
 LAYER = "relu3"
 EV_TARGET, L0_SHARE_TARGET, DEAD_TARGET = 0.9, 0.10, 0.10
@@ -76,8 +78,8 @@ RUNNING = 20  # window of the running mean for the time to EV >= 0.9
 
 def settings(quick: bool) -> dict:
     if quick:
-        return dict(runs=[100, 200], mem_steps=30, mem_limits=[500, 2000], cached_limits=[2000], fwd_reps=1)
-    return dict(runs=[500, 1000], mem_steps=200, mem_limits=[500, 1024, 2000], cached_limits=[500, 2000],
+        return dict(runs=[150, 200], mem_steps=30, mem_limits=[500, 2000], cached_limits=[2000], fwd_reps=1)
+    return dict(runs=[500, 1000], mem_steps=100, mem_limits=[500, 1024, 2000], cached_limits=[2000],
                 fwd_reps=3)
 
 
@@ -104,11 +106,15 @@ def load_now() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+QUIET = {"s": 30.0}  # wait at most this long for other processes to go idle before each timed part
+
+
 def measured(fn) -> tuple[float, dict, object]:
     box = {}
+    waited = wait_quiet(QUIET["s"])
     l0 = load_now()
     wall, foreign, steal, _ = timed(lambda: box.setdefault("r", fn()))
-    return wall, {"loadavg_before": l0, "loadavg_after": load_now(), "other_cores": round(foreign, 3),
+    return wall, {"other_cores_before": round(waited, 3), "loadavg_before": l0, "loadavg_after": load_now(), "other_cores": round(foreign, 3),
                   "steal_cores": round(steal, 3)}, box.get("r")
 
 
@@ -272,7 +278,7 @@ def _reset_peak() -> bool:
 
 def memory_child(spec: dict) -> None:
     """Fresh process: warm up, then one training run; prints a JSON line."""
-    torch.set_num_threads(2)
+    torch.set_num_threads(spec["threads"])
     from neuronscope.analyses.directions.rows import ActivationRows
     from neuronscope.analyses.directions.sae import train_dictionary
 
@@ -307,7 +313,8 @@ def memory_child(spec: dict) -> None:
 
 
 def memory_run(root: Path, limit: int, cache_rows: int, steps: int, log) -> dict:
-    spec = {"root": str(root), "limit": limit, "cache_rows": cache_rows, "steps": steps}
+    spec = {"root": str(root), "limit": limit, "cache_rows": cache_rows, "steps": steps, "threads": torch.get_num_threads()}
+    wait_quiet(QUIET["s"])
     l0 = load_now()
     t0 = time.perf_counter()
     p = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
@@ -370,6 +377,9 @@ def markdown(res: dict) -> str:
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["sae"]:
         rc = r["rows_per_s_cached"]
+        if rc is None:
+            lines.append(f"| {r['steps']} steps | {r['train_s']:.1f} | {r['passes']} | (no cached epoch) |")
+            continue
         lines.append(
             f"| {r['steps']} steps | {r['train_s']:.1f} | {r['passes']} | {r['rows_per_s_overall']:,.0f} | "
             f"{r['rows_per_s_overall'] / fw['stream_rows_per_s']:.3f}x | "
@@ -387,8 +397,8 @@ def markdown(res: dict) -> str:
                      f"{mib(r['cache_bytes'])} | {mib(r['delta'])} | {r['tracemalloc_peak'] / 2**20:.2f} | "
                      f"{mib(r['ru_maxrss_before'])} -> {mib(r['ru_maxrss_after'])} | {r['explained_variance']:.3f} |")
     mr = res["memory_ratios"]
-    lines += ["", f"Streaming (`cache_rows=0`): peak growth {mr['stream_max_over_min_images']}x the images -> "
-              f"{mr['stream_peak_ratio']:.2f}x the peak (largest / smallest), tracemalloc {mr['stream_tm_ratio']:.2f}x. "
+    lines += ["", f"Streaming (`cache_rows=0`): {mr['stream_max_over_min_images']}x the images -> "
+              f"{mr['stream_peak_ratio']:.2f}x the peak RSS growth (largest / smallest), tracemalloc {mr['stream_tm_ratio']:.2f}x. "
               f"Bound: `buffer` 65,536 rows x 64 x 4 B = {mib(65536 * 64 * 4)} MiB per copy of the pool. Cached "
               f"(default `cache_rows` 262,144): bound 262,144 x 64 x 4 B = {mib(262144 * 64 * 4)} MiB of cache "
               f"(an epoch's reshuffle copies it once more); cached peak / streamed peak at 2,000 images: "
@@ -409,13 +419,17 @@ def main():
     ap.add_argument("--json", type=Path, default=REPO / "bench/results/directions.json")
     ap.add_argument("--md", type=Path, default=REPO / "bench/results/directions.md")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--quiet-wait", type=float, default=30.0,
+                    help="seconds to wait at most for other processes to go idle before each timed part")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         memory_child(json.loads(args.child))
         return
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    QUIET["s"] = args.quiet_wait
     s = settings(args.quick)
     t0 = time.perf_counter()
 
@@ -452,13 +466,14 @@ def main():
     res["nmf"] = nmf_run(subject, data, log)
     res["loadavg_end"] = load_now()
     res["wall_s"] = time.perf_counter() - t0
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(res, indent=1, default=str))
     md = markdown(res)
     print(md)
     if args.md:
         args.md.parent.mkdir(parents=True, exist_ok=True)
         args.md.write_text(md + "\n")
-    if args.json:
-        args.json.write_text(json.dumps(res, indent=1, default=str))
 
 
 if __name__ == "__main__":

@@ -563,3 +563,54 @@ def test_attribution_puts_the_shortcut_class_on_the_marker_and_the_clean_twin_do
         # occlusion 44.3% / 6.7%, gradient SHAP 66.8% / 18.7% (shortcut model / clean twin)
         assert v > 3 * area, k
         assert v > 1.5 * shares["shapes_clean"][k], k
+
+
+@pytest.mark.slow
+def test_a_factor_of_the_last_conv_layer_isolates_the_marker_and_feeds_the_shortcut_class(demo_built):
+    """The directions section finds the shortcut as a direction: an NMF factor of relu3 whose top
+    examples carry the marker and which feeds the shortcut class; the dictionary has features for
+    it too. In the clean twin no factor isolates the marker (the pattern is still in the images, so
+    dictionary features may still see it, but none of them feeds the shortcut class)."""
+    import collections
+
+    import pyarrow.parquet as pq
+
+    from neuronscope.cli import main
+
+    root, manifest = demo_built
+    out = root.parent
+    assert main(["-q", "demo", "--out", str(out)]) == 0
+    marked = MarkerUnits(root, manifest, out).marked
+
+    def shares(name):
+        t = pq.read_table(out / name / "tables" / "directions" / "examples.parquet").to_pydict()
+        tops = collections.defaultdict(list)
+        for unit, kind, id_ in zip(t["unit"], t["kind"], t["id"]):
+            if kind == "top":
+                tops[unit].append(id_)
+        return {u: float(np.mean([marked(i) for i in ids])) for u, ids in tops.items()}
+
+    def links(name):
+        t = pq.read_table(out / name / "tables" / "directions" / "class_links.parquet").to_pydict()
+        best: dict[str, tuple] = {}
+        for unit, cls, c in zip(t["unit"], t["class"], t["contribution"]):
+            if unit not in best or c > best[unit][1]:
+                best[unit] = (cls, c)
+        return best
+
+    shortcut, clean = shares("shapes"), shares("shapes_clean")
+    factors = {u: v for u, v in shortcut.items() if ":nmf" in u}
+    best = max(factors, key=factors.get)
+    features = {u: v for u, v in shortcut.items() if ":sae" in u}
+    clean_factors = {u: v for u, v in clean.items() if ":nmf" in u}
+    clean_marker_features = [u for u, v in clean.items() if ":sae" in u and v >= 0.9]
+    print(f"shortcut model: {best} has {factors[best]:.0%} marker-bearing top examples and feeds "
+          f"{links('shapes')[best][0]!r}; {sum(v >= 0.9 for v in features.values())} dictionary features >= 90%; "
+          f"clean twin: best factor {max(clean_factors.values()):.0%}, {len(clean_marker_features)} features >= 90%, "
+          f"feeding {sorted({links('shapes_clean')[u][0] for u in clean_marker_features})}")
+    assert factors[best] >= 0.9 and links("shapes")[best][0] == shapes.SHORTCUT_CLASS
+    assert max(features.values()) >= 0.9
+    assert max(clean_factors.values()) < 0.9
+    summary = json.loads((out / "shapes" / "manifest.json").read_text())["sections"]["directions"]["summary"]
+    assert any(best in s and repr(shapes.SHORTCUT_CLASS) in s for s in summary["findings"])
+    assert (out / "shapes" / "units" / "relu3" / f"{best.split(':')[1]}.html").exists()
