@@ -230,8 +230,20 @@ class ImageFolder(Dataset):
         y = torch.tensor(ys, dtype=torch.int64) if self._labels is not None else None
         return Batch(ids, x, y)
 
+    #: Decoded images are kept (per dataset) up to this many bytes: the report reads the same
+    #: files in a dozen passes, and decoding would otherwise be a large part of each one.
+    cache_bytes = 256 * 2**20
+
     def _read(self, file: Path) -> torch.Tensor:
-        return read_image(file, self._shape, self._range)
+        cache = self.__dict__.setdefault("_decoded", {})
+        x = cache.get(file)
+        if x is None:
+            x = read_image(file, self._shape, self._range)
+            held = self.__dict__.get("_decoded_bytes", 0)
+            if held + x.numel() * x.element_size() <= self.cache_bytes:
+                cache[file] = x
+                self._decoded_bytes = held + x.numel() * x.element_size()
+        return x
 
 
 def read_image(file, shape: Sequence[int], value_range=(0.0, 1.0)) -> torch.Tensor:

@@ -87,7 +87,7 @@ def run_demo(out: Path, *, force: bool = False, progress: bool = True) -> Path:
         # Six units per layer keep the demo near two minutes on 2 cores; the examples pass puts the
         # telling ones (the shortcut's fixed-place units) first.
         opts = ReportOptions(progress=progress, title=entry.get("title"), story=entry.get("story"),
-                             extra=facts(entry), featvis_units=6)
+                             extra=facts(entry), featvis_units=6, directions_featvis=4)
         index = report(subject, data, out / entry["name"], opts)
         if progress:
             print(f"  report {entry['name']}: {time.perf_counter() - t:.1f} s", file=sys.stderr)

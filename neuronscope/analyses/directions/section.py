@@ -166,7 +166,7 @@ class DirectionsReport:
 def directions_section(subject, data, layer: str, *, nmf_k: int = 6, dictionary: bool = True,
                        dictionary_steps: int = 500, random_n: int | None = None, k: int = 16, reduce: str = "max",
                        limit: int | None = None, fit_limit: int = 2048, codemap_layer: str | None = None,
-                       codemap_limit: int = 1000, links_limit: int = 512, splice_limit: int = 1024,
+                       codemap_limit: int = 1000, links_limit: int = 512, splice_limit: int = 512,
                        batch_size: int = 64, seed: int = 0, progress: bool = True) -> DirectionsReport:
     """Everything the report shows about ``layer`` as a space (see the module docstring)."""
     from .classes import class_links
