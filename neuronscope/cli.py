@@ -361,7 +361,9 @@ def _report(args) -> int:
     if args.command == "directions":
         from .store import Store
 
-        for line in Store(args.out).summary("directions")["findings"]:
+        summary = Store(args.out).summary("directions")
+        for line in [summary["factorization"]["finding"], *summary["findings"],
+                     *(x for kind, links in summary["links"].items() if kind != "sae" for x in links["sentences"])]:
             print("- " + line)
     page = {"report": index, "directions": index.with_name("directions.html")}.get(args.command,
                                                                                  index.with_name("examples.html"))

@@ -612,5 +612,5 @@ def test_a_factor_of_the_last_conv_layer_isolates_the_marker_and_feeds_the_short
     assert max(features.values()) >= 0.9
     assert max(clean_factors.values()) < 0.9
     summary = json.loads((out / "shapes" / "manifest.json").read_text())["sections"]["directions"]["summary"]
-    assert any(best in s and repr(shapes.SHORTCUT_CLASS) in s for s in summary["findings"])
+    assert any(best in s and repr(shapes.SHORTCUT_CLASS) in s for s in summary["findings"]), summary["findings"]
     assert (out / "shapes" / "units" / "relu3" / f"{best.split(':')[1]}.html").exists()

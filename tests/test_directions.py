@@ -214,3 +214,15 @@ def test_cli_directions_then_visualize_a_factor_from_the_store(tmp_path, capsys)
                  "--out", str(tmp_path / "vis")]) == 2
     err = capsys.readouterr().err
     assert "nmf0, nmf1, nmf2" in err and "Traceback" not in err
+
+
+def test_a_direction_along_one_channel_is_explained_like_that_channel(tmp_path):
+    s = Subject(small_cnn(), (3, 12, 12))
+    x = torch.rand(3, 3, 12, 12)
+    address = s.add_direction("3", np.eye(8)[5])
+    a = ns.explain(s, x, target=address, method="integrated_gradients", curves=False, randomisation=False)
+    b = ns.explain(s, x, target="3:5", method="integrated_gradients", curves=False, randomisation=False)
+    torch.testing.assert_close(torch.as_tensor(a["integrated_gradients"].maps), torch.as_tensor(b["integrated_gradients"].maps),
+                               rtol=1e-4, atol=1e-6)
+    with pytest.raises(NeuronscopeError, match="whole map"):
+        ns.explain(s, x, target=address + "@1,1", method="saliency", curves=False, randomisation=False)

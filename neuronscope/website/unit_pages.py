@@ -66,15 +66,12 @@ def context(store: Store, section: str = "examples") -> dict:
 
 
 def render(store: Store, env, ctx: dict) -> None:
-    """One page per unit of ``ctx["ex_layers"]`` (groups of directions: the units they show)."""
+    """One page per unit of ``ctx["ex_layers"]`` (for groups of directions, those that are units)."""
     template = env.get_template("unit.html")
     for layer in ctx["ex_layers"]:
         units = layer["units_list"]
-        if "shown" in layer:
-            if not layer.get("pages"):
-                continue
-            keep = set(layer["shown"])
-            units = [u for u in units if u["index"] in keep]
+        if "shown" in layer and not layer.get("pages"):
+            continue  # random directions and the neurons' copy feed comparisons only
         for n, u in enumerate(units):
             page = template.render(**ctx, title=u["unit"], u=u, layer=layer,
                                    prev=units[n - 1] if n else None, next=units[n + 1] if n + 1 < len(units) else None)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ...errors import OptionError, UnsupportedError, did_you_mean
+from ...errors import OptionError, did_you_mean
 from ...subject import Subject
 from ...units import Unit, parse_unit
 
@@ -65,14 +65,25 @@ def unit_forward(subject: Subject, unit: Unit, reduce: str = "max") -> Forward:
     """Raw inputs -> the unit's layer, one number per channel, (N, C).
 
     A conv channel's map is reduced the way the dataset-examples pass scores it (``max`` by
-    default, or ``mean``); a neuron ``layer:c@y,x`` reads its one position.
+    default, or ``mean``); a neuron ``layer:c@y,x`` reads its one position. A direction
+    (``layer:nmf3``, ``layer:sae17``, ``layer:dir-...``) is one column, (N, 1): the activation's
+    projection on the vector the direction reads (centred for principal components), which is
+    differentiable where NMF's least-squares codes and the dictionary's TopK codes are not.
     """
     layer = unit.layer
+    direction = subject.direction(unit) if unit.direction is not None else None
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         with subject.capture([layer]) as cap:
             subject.forward(x)
         a = cap[layer]
+        if direction is not None:
+            d, i = direction
+            v = torch.as_tensor(d.read[i], dtype=a.dtype, device=a.device)
+            shape = (1, -1) + (1,) * (a.dim() - 2)
+            if d.kind == "pca":
+                a = a - torch.as_tensor(d.offset, dtype=a.dtype, device=a.device).reshape(shape)
+            a = (a * v.reshape(shape)).sum(1, keepdim=True)
         if unit.position is not None:
             return a[(slice(None), slice(None), *unit.position)]
         a = a.reshape(a.shape[0], a.shape[1], -1) if a.dim() > 2 else a.reshape(a.shape[0], -1, 1)
@@ -160,9 +171,12 @@ def outputs(subject: Subject) -> Forward:
 
 def _unit_target(subject: Subject, address: str, n: int, reduce: str) -> Target:
     unit = subject.resolve(parse_unit(address))
+    if unit.direction is not None:
+        if unit.position is not None:
+            raise OptionError(f"{address!r}: explain a direction over the whole map, without '@y,x'.")
+        return Target(unit_forward(subject, unit, reduce), [0] * n, [str(unit)] * n, "unit", unit,
+                      str(unit.layer), build=lambda s: unit_forward(s, unit, reduce))
     if unit.channel is None:
         raise OptionError(f"{address!r} is a whole layer: explain one unit of it, e.g. '{unit.layer}:0'.")
-    if unit.direction is not None:
-        raise UnsupportedError(f"{address!r} is a direction; attribution to directions is not supported yet.")
     return Target(unit_forward(subject, unit, reduce), [unit.channel] * n, [str(unit)] * n, "unit", unit,
                   str(unit.layer), build=lambda s: unit_forward(s, unit, reduce))

@@ -121,7 +121,8 @@ def compare_basis(result, layer: str) -> BasisComparison:
         info = class_information(lr)
         if mix is None or info is None:
             return BasisComparison(layer, result.k, {}, verdict="no labels")
-        alive = ~(lr.dead() | (lr.max <= 0) if kind in ("sae", "nmf") else lr.dead())
+        dead = lr.dead() | (lr.max <= 0) if kind in ("sae", "nmf") else lr.dead()
+        alive = ~dead
         idx = np.flatnonzero(alive & (mix.sum(1) > 0))
         groups[kind] = GroupStats(kind, [lr.spec.address(int(u)) for u in idx], mix.max(1)[idx], info[idx])
     out = BasisComparison(layer, result.k, groups)

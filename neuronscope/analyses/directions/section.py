@@ -106,7 +106,7 @@ class DirectionsReport:
                            "spatial": list(lr.spec.spatial), "type": lr.spec.type, "n": lr.n,
                            "relu_like": lr.spec.relu_like, "dead": int(lr.dead().sum()), "rare": int(lr.rare().sum()),
                            "pages": kind in ADDRESSABLE, "shown": self.shown.get(name, [])})
-        findings = [self.factorization.finding()]
+        findings = []
         f = self.factorization
         marker = self.fixed_place()
         if marker:
@@ -121,9 +121,6 @@ class DirectionsReport:
                                                  f"by its reconstruction from the {self.sets_by_kind(kind).title}", 1))
         if self.basis.finding():
             findings.append(self.basis.finding())
-        for cl in self.links.values():
-            if cl.kind != "sae":
-                findings.extend(cl.sentences())
         if self.codemap is not None:
             findings.append(self.codemap.summary()["finding"])
         return {
@@ -146,21 +143,33 @@ class DirectionsReport:
         return next((d for d in self.sets if d.kind == kind), None)
 
     def fixed_place(self) -> str | None:
-        """A factor or feature whose top examples all peak at one position (a marker, a watermark)."""
+        """A factor or feature whose top examples peak at one position (a marker, a watermark), and
+        the class it feeds most, preferring the one a class rests on most."""
         found = []
         for name, lr in self.examples.layers.items():
-            if name.rsplit(":", 1)[1] not in ("nmf", "pca", "sae") or not lr.spec.spatial:
+            kind = name.rsplit(":", 1)[1]
+            if kind not in ("nmf", "pca", "sae") or not lr.spec.spatial:
                 continue
             where, share = lr.peak_consistency()
-            for u in np.argsort(-share):
-                if share[u] >= 0.8 and lr.max[u] > 0 and len(lr.top.ids[u]) >= 8:
-                    found.append((float(share[u]), lr.spec.address(int(u)), where[u]))
-                    break
+            links = self.links.get(kind)
+            for u in np.flatnonzero((share >= 0.8) & (lr.max > 0)):
+                if len(lr.top.ids[u]) < 8:
+                    continue
+                cls, weight = None, 0.0
+                if links is not None:
+                    row = links.contributions[:, u]
+                    k = int(np.argmax(row))
+                    total = links.contributions[k][links.contributions[k] > 0].sum()
+                    cls, weight = links.classes[k], float(row[k] / total) if total > 0 and row[k] > 0 else 0.0
+                found.append((weight, float(share[u]), lr.spec.address(int(u)), where[u], cls))
         if not found:
             return None
-        share, address, where = max(found)
-        return (f"{address} peaks at the same place ({','.join(map(str, where))}) in {share:.0%} of its top examples: "
-                "a direction of this layer responds to something at a fixed position.")
+        weight, share, address, where, cls = max(found)
+        text = (f"{address} peaks at the same place ({','.join(map(str, where))}) in {share:.0%} of its top examples: "
+                "a direction of this layer responds to something at a fixed position")
+        if cls is not None and weight > 0:
+            text += f", and class {cls!r} rests on it for {weight:.0%} of its positive contribution from these directions"
+        return text + "."
 
 
 def directions_section(subject, data, layer: str, *, nmf_k: int = 6, dictionary: bool = True,
