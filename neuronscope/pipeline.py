@@ -53,6 +53,7 @@ class ReportOptions:
     factors: int = 6  # NMF factors (principal components when the layer can go negative)
     dictionary_steps: int = 500  # training steps of the sparse dictionary (0: no dictionary)
     directions_featvis: int = 8  # dictionary features drawn (every factor is drawn)
+    shortcuts: bool = True  # image classifiers: look for a shortcut behind each class and test it causally
 
     def wants(self, section: str) -> bool:
         return self.sections is None or section in self.sections
@@ -77,6 +78,8 @@ SECTION_CODE = {
                                                                    "trust", "explain", "drivers", "section")) + ("subject.py",),
     "tabular": tuple(f"analyses/tabular/{m}.py" for m in ("logistic", "importance", "surrogate", "hidden", "section"))
     + ("subject.py",),
+    "shortcuts": ("analyses/shortcuts.py", "analyses/attribution/explain.py", "analyses/attribution/methods.py",
+                  "analyses/stream.py", "subject.py"),
     "directions": tuple(f"analyses/directions/{m}.py" for m in ("rows", "factorize", "sae", "book", "examples", "basis",
                                                                  "classes", "splice", "codemap", "section"))
     + ("analyses/examples.py", "analyses/example_pictures.py", "analyses/stream.py", "subject.py"),
@@ -195,6 +198,13 @@ def analyze(subject, data, out: str | Path, options: ReportOptions | None = None
             store.save("attribution", attribution_section(
                 subject, data, store, layers, inputs=opts.attribution_inputs, units_per_layer=opts.attribution_units,
                 progress=opts.progress, ranked=_units_by_interest(store)), key=k)
+    if opts.wants("shortcuts") and opts.shortcuts and subject.task == "classification" and len(subject.input_shape) == 3:
+        k = key("shortcuts", limit=opts.limit)
+        if not store.has("shortcuts", k):
+            from .analyses.shortcuts import find_shortcuts
+
+            _say("shortcuts: where each class's evidence sits, pasted onto other images...", opts.progress)
+            store.save("shortcuts", find_shortcuts(subject, data, progress=opts.progress), key=k)
     if opts.wants("tabular") and opts.tabular and len(subject.input_shape) == 1:
         k = key("tabular", limit=opts.limit, groups=opts.groups)
         if not store.has("tabular", k):

@@ -614,3 +614,30 @@ def test_a_factor_of_the_last_conv_layer_isolates_the_marker_and_feeds_the_short
     summary = json.loads((out / "shapes" / "manifest.json").read_text())["sections"]["directions"]["summary"]
     assert any(best in s and repr(shapes.SHORTCUT_CLASS) in s for s in summary["findings"]), summary["findings"]
     assert (out / "shapes" / "units" / "relu3" / f"{best.split(':')[1]}.html").exists()
+
+
+@pytest.mark.slow
+def test_the_shortcut_finding_is_on_the_shortcut_model_and_not_on_its_clean_twin(demo_built):
+    """The report finds the marker as a shortcut of 'triangle' by itself, and confirms it by
+    pasting (the detector never reads where the demo put the marker; only this test does): the
+    region it names overlaps the marker, and the clean twin, trained on the same images without
+    it, gets no shortcut finding."""
+    from neuronscope.cli import main
+
+    root, manifest = demo_built
+    out = root.parent
+    assert main(["-q", "demo", "--out", str(out)]) == 0
+    marker = (shapes.MARKER_Y, shapes.MARKER_X, shapes.MARKER_Y + shapes.MARKER_SIZE, shapes.MARKER_X + shapes.MARKER_SIZE)
+    found = json.loads((out / "shapes" / "findings.json").read_text())
+    shortcut = [f for f in found if f["kind"] == "shortcut"]
+    print(json.dumps(shortcut, indent=1))
+    assert len(shortcut) == 1 and shortcut[0]["classes"] == [shapes.SHORTCUT_CLASS]
+    y0, x0, y1, x1 = shortcut[0]["region"]
+    overlap = max(0, min(y1, marker[2]) - max(y0, marker[0])) * max(0, min(x1, marker[3]) - max(x0, marker[1]))
+    assert overlap >= 0.5 * (y1 - y0) * (x1 - x0), (shortcut[0]["region"], marker)
+    assert shortcut[0]["numbers"]["paste_flip"] >= 0.25
+    from markupsafe import escape
+
+    assert str(escape(shortcut[0]["text"])) in (out / "shapes" / "index.html").read_text()
+    clean = json.loads((out / "shapes_clean" / "findings.json").read_text())
+    assert not [f for f in clean if f["kind"] == "shortcut"], clean

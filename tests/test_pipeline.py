@@ -138,9 +138,9 @@ def test_report_writes_a_site_and_resumes(image_folder, tmp_path, monkeypatch):
     assert index == out / "index.html"
     manifest = json.loads((out / "manifest.json").read_text())
     assert set(manifest["sections"]) == {"overview", "filters", "sanity", "layer_stats", "activations", "examples",
-                                         "attribution", "directions"}
+                                         "attribution", "directions", "shortcuts"}
     for page in ["index.html", "filters.html", "sanity.html", "activations.html", "layers.html", "attribution.html",
-                 "directions.html"]:
+                 "directions.html", "shortcuts.html", "methods.html"]:
         html = (out / page).read_text()
         for src in re.findall(r'(?:src|href)="([^"#:]+)"', html):
             assert (out / src).exists(), f"{page} links to missing {src}"
@@ -161,6 +161,11 @@ def test_report_writes_a_site_and_resumes(image_folder, tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "run_pass", boom)
     monkeypatch.setattr("neuronscope.analyses.attribution.section.attribution_section", boom)
     monkeypatch.setattr("neuronscope.analyses.directions.section.directions_section", boom)
+    monkeypatch.setattr("neuronscope.analyses.shortcuts.find_shortcuts", boom)
+    found = json.loads((out / "findings.json").read_text())
+    assert found and all({"kind", "severity", "text", "numbers", "units", "classes", "columns", "region", "links"} <= set(f)
+                         for f in found)
+    assert all((out / f["links"][0].split("#")[0]).exists() for f in found if f["links"])
     analyze(s, data, out, opts)
     # the stored directions are units of the subject again (layer:nmf0 ... resolve)
     layer = manifest["sections"]["directions"]["summary"]["layer"]

@@ -469,7 +469,8 @@ class ExamplesResult:
         units: dict[str, list] = {k: [] for k in (
             "layer", "unit", "index", "mean", "std", "min", "max", "active_fraction", "dead", "rare", "peak_at", "peak_share",
             *[f"q{int(q * 100):02d}" for q in QUANTILES], "preferred_class", "selectivity", "top_class_share")}
-        ex: dict[str, list] = {k: [] for k in ("layer", "unit", "kind", "rank", "id", "score", "y", "x", "label")}
+        ex: dict[str, list] = {k: [] for k in ("layer", "unit", "kind", "rank", "id", "score", "y", "x", "label",
+                                                "box_y0", "box_x0", "box_y1", "box_x1")}
         hist: dict[str, list] = {k: [] for k in ("layer", "unit", "bin", "lo", "hi", "count")}
         for name, lr in self.layers.items():
             sel = lr.selectivity()
@@ -507,6 +508,10 @@ class ExamplesResult:
                         ex["x"].append(p[-1] if p and len(p) > 1 else None)
                         lab = int(rk.labels[u, rank])
                         ex["label"].append(self.classes[lab] if lab >= 0 and self.classes else None)
+                        # the receptive field of the peak, in input pixels [y0, x0, y1, x1) (top examples drawn)
+                        box = self.boxes.get((name, u, rank)) if kind == "top" else None
+                        for i, col in enumerate(("box_y0", "box_x0", "box_y1", "box_x1")):
+                            ex[col].append(None if box is None else int(box[i]))
                 edges = lr.hist_edges[u]
                 counts = lr.hist_counts[u]
                 for b in range(len(counts)):

@@ -67,7 +67,7 @@ def spread_batches(data, limit: int | None, batch_size: int = 64) -> Iterator:
     if limit is None or int(limit) >= len(ids):
         yield from data.batches(batch_size)
         return
-    picked = ids[:: max(1, len(ids) // max(int(limit), 1))][: int(limit)]
+    picked = [ids[i] for i in np.unique(np.linspace(0, len(ids) - 1, max(int(limit), 1)).round().astype(int))]
     for i in range(0, len(picked), batch_size):
         chunk = picked[i:i + batch_size]
         try:

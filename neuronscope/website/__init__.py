@@ -6,6 +6,7 @@ It reads only the :class:`~neuronscope.store.Store`. Each analysis has one page 
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -26,6 +27,7 @@ PAGES = [
     ("featvis", "featvis.html", "Feature visualization"),
     ("directions", "directions.html", "Directions"),
     ("attribution", "attribution.html", "Attribution"),
+    ("shortcuts", "shortcuts.html", "Shortcuts"),
     ("tabular", "tabular.html", "Columns"),
     ("layer_stats", "layers.html", "Layer statistics"),
 ]
@@ -49,18 +51,12 @@ def _rows(table: dict[str, list]) -> list[dict]:
 
 
 def findings(store: Store) -> list[dict]:
-    """Headline sentences from every section's summary, each linking to its evidence."""
-    out = []
-    pages = {section: file for section, file, _ in PAGES}
-    for section, entry in store.sections().items():
-        s = entry["summary"]
-        link = pages.get(section, "index.html")
-        level = "warning" if s.get("warning") else "info"
-        if s.get("finding") and section != "overview":
-            out.append({"text": s["finding"], "link": link, "level": level})
-        for f in s.get("findings", []):
-            out.append({"text": f, "link": link, "level": "info"})
-    return out
+    """The overview's sentences (see :mod:`neuronscope.findings`), each linking to its evidence."""
+    from ..findings import collect
+
+    level = {"warning": "warning", "notice": "warning", "info": "info"}
+    return [{**f, "link": f["links"][0] if f["links"] else "index.html", "level": level.get(f["severity"], "info")}
+            for f in collect(store)]
 
 
 def render_site(root: str | os.PathLike) -> Path:
@@ -84,13 +80,22 @@ def render_site(root: str | os.PathLike) -> Path:
     extra.update(attribution_pages.context(store) if "attribution" in sections else dict(attribution_pages.EMPTY))
     extra.update(tabular_pages.context(store) if "tabular" in sections else dict(tabular_pages.EMPTY))
     extra.update(directions_pages.context(store) if "directions" in sections else dict(directions_pages.EMPTY))
+    found = findings(store)
+    atomic_write(store.root / "findings.json",
+                 json.dumps([{k: v for k, v in f.items() if k not in ("link", "level")} for f in found],
+                            indent=1).encode())
     for section, file, title in PAGES:
         if section not in sections:
             continue
         page = env.get_template(f"{section}.html").render(
             **common, **extra, page=file, title=title, s=sections[section]["summary"], entry=sections[section],
-            findings=findings(store) if section == "overview" else [])
+            findings=found if section == "overview" else [])
         atomic_write(store.root / file, page.encode())
+    from ..findings import THRESHOLDS
+
+    page = env.get_template("methods.html").render(**common, **extra, page="methods.html", title="Methods",
+                                                   thresholds=THRESHOLDS)
+    atomic_write(store.root / "methods.html", page.encode())
     if "ex_layers" in extra:
         unit_pages.render(store, env, {**common, **extra, "root": "../../", "page": "examples.html"})
     if "directions" in sections:
