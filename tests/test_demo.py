@@ -30,10 +30,7 @@ SEED = 0
 # --- fixtures and readers ------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def demo_built(tmp_path_factory) -> tuple[Path, dict]:
-    root = tmp_path_factory.mktemp("demo") / "demo-data"  # where `neuronscope demo --out DIR` builds
-    return root, build_demo(root, progress=False, seed=SEED)
+# demo_built (the demo's data and models, built once per session) is in conftest.py.
 
 
 def entry(manifest: dict, name: str) -> dict:

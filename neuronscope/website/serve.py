@@ -9,13 +9,19 @@ from pathlib import Path
 from ..errors import NeuronscopeError
 
 
-def make_server(root: Path, port: int = 8000, host: str = "127.0.0.1") -> http.server.ThreadingHTTPServer:
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 (the base class's name)
+        pass
+
+
+def make_server(root: Path, port: int = 8000, host: str = "127.0.0.1", *,
+                log: bool = True) -> http.server.ThreadingHTTPServer:
     """An HTTP server for the report in ``root``, bound to the loopback interface only."""
     root = Path(root)
     if not (root / "index.html").exists():
         raise NeuronscopeError(f"{root} holds no report (no index.html): write one with "
                                "`neuronscope report ... --out DIR` or `neuronscope demo`.")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler if log else _Quiet, directory=str(root))
     try:
         return http.server.ThreadingHTTPServer((host, port), handler)
     except OSError as e:
