@@ -198,3 +198,33 @@ def test_store_round_trip(tmp_path):
     assert Image.open(again.image_path("sec", "pic")).size == (4, 4)
     again.image_path("sec", "pic").unlink()
     assert not Store(tmp_path / "s").has("sec", "k1"), "a missing file means the section is unfinished"
+
+
+EVIL = "<script>alert(1)</script>"
+
+
+def test_user_strings_are_shown_as_text_on_every_page(tmp_path):
+    """Class names, file names and ids come from the user: a class called <script>...</script> and a
+    file called <img src=x onerror=...>.png are text on every page, never markup."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "imgs"
+    evil_file = "<img src=x onerror=alert(2)>.png"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(5):
+            arr = np.clip((40 if c == "a" else 200) + rng.normal(0, 20, (16, 16, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(root / c / (evil_file if i == 0 else f"{i}.png"))
+    s = Subject(small_cnn(), (3, 16, 16), classes=[EVIL, "b"])
+    data = open_data(root, input_shape=(3, 16, 16))  # folders a, b: labels 0, 1 (the model calls 0 EVIL)
+    out = tmp_path / "r"
+    report(s, data, out, ReportOptions(progress=False, featvis_units=1, featvis_steps=4, featvis_seeds=1,
+                                       featvis_diverse=0, attribution_inputs=2, attribution_units=1,
+                                       dictionary_steps=5))
+    pages = list(out.rglob("*.html"))
+    assert len(pages) > 10
+    shown = 0
+    for page in pages:
+        html = page.read_text()
+        assert EVIL not in html and "<img src=x" not in html, page
+        shown += "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert shown >= 3, "the class name is shown, escaped"
