@@ -103,3 +103,12 @@ def test_a_model_that_reads_the_whole_image_gets_no_finding(tmp_path):
     report, c = check(tmp_path, LeftRight(), "leftright")
     assert c.verdict is None, c.row()
     assert report.findings() == [] and "No shortcut found" in report.summary()["finding"]
+
+
+def test_results_render_in_a_notebook_with_user_strings_escaped(tmp_path):
+    subject = Subject(Corner(), (3, SIZE, SIZE), classes=["plain", "<b>tagged</b>"])
+    report = find_shortcuts(subject, data_for(tmp_path, "corner"), per_class=16, recipients=32, n_steps=4)
+    html = report._repr_html_()
+    assert "relies on a shortcut" in html and "data:image/png;base64," in html
+    assert "<b>tagged</b>" not in html and "&lt;b&gt;tagged&lt;/b&gt;" in html
+    assert "<table>" in html and "paste_flip" in html

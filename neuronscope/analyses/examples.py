@@ -21,6 +21,7 @@ from ..errors import NeuronscopeError
 from .activations import LayerStatsResult, UnitStats
 from .reducers import Histogram, KeepBest, calibrate_edges, id_keys
 from .sketch import QuantileSketch
+from ..notebook import NotebookMixin
 
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 #: A ReLU-like unit active (score above zero) on fewer than this share of inputs is "rarely active".
@@ -443,7 +444,7 @@ class LayerResult:
 
 
 @dataclass
-class ExamplesResult:
+class ExamplesResult(NotebookMixin):
     """Per layer and unit: ranked examples, score distributions, class preferences."""
 
     layers: dict[str, LayerResult]

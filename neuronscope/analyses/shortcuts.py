@@ -43,6 +43,7 @@ import torch
 
 from ..errors import NeuronscopeError, UnsupportedError
 from .stream import spread_batches
+from ..notebook import NotebookMixin
 
 #: Thresholds of a finding (see the module docstring).
 FLIP, RATIO, CONSISTENT, ENRICHED = 0.25, 3.0, 3.0, 4.0
@@ -80,7 +81,7 @@ class ClassCheck:
 
 
 @dataclass
-class ShortcutReport:
+class ShortcutReport(NotebookMixin):
     classes: list[ClassCheck]
     image_shape: tuple[int, ...]
     recipients: int

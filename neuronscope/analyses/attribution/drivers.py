@@ -28,6 +28,7 @@ from ...errors import DataError, OptionError, UnsupportedError
 from ...progress import progress_bar
 from ...subject import Subject
 from .targets import class_index, class_logits
+from ...notebook import NotebookMixin
 
 METHODS = ("grad_x_activation", "conductance")
 BY = ("label", "prediction")
@@ -38,7 +39,7 @@ SENTENCE_MIN_SHARE = 0.05
 
 
 @dataclass
-class ClassDrivers:
+class ClassDrivers(NotebookMixin):
     """Per-class mean contributions of one layer's units to the class logits."""
 
     layer: str

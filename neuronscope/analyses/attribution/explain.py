@@ -27,6 +27,7 @@ from .baselines import make_baseline
 from .methods import DEFAULT_IMAGE, DEFAULT_VECTOR, METHODS, Context, Method, get_method
 from .targets import Target, resolve_target
 from .trust import DeletionInsertion, RandomisationCheck, deletion_insertion, randomisation_check
+from ...notebook import NotebookMixin
 
 #: A method whose maps keep at least this rank correlation after every weight is randomised is
 #: flagged: its maps do not depend on what the model learned.
@@ -67,7 +68,7 @@ class MethodResult:
 
 
 @dataclass
-class Explanation:
+class Explanation(NotebookMixin):
     """Attribution maps for a batch of inputs, one entry per method (``explanation["occlusion"]``)."""
 
     ids: list[str]

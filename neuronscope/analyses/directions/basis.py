@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .book import TITLES
+from ...notebook import NotebookMixin
 
 #: Thresholds of the verdict (see the module docstring).
 PRIVILEGED_P, NOT_PRIVILEGED_P, MIN_GAP = 0.01, 0.05, 0.05
@@ -61,7 +62,7 @@ class GroupStats:
 
 
 @dataclass
-class BasisComparison:
+class BasisComparison(NotebookMixin):
     """Per layer: purity and class information of neurons, random directions and dictionary features."""
 
     layer: str

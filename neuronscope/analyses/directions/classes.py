@@ -25,10 +25,11 @@ from ..attribution.drivers import _first, _labels, _layer_module
 from ..attribution.targets import class_logits
 from ..stream import spread_batches
 from .rows import to_rows
+from ...notebook import NotebookMixin
 
 
 @dataclass
-class ClassLinks:
+class ClassLinks(NotebookMixin):
     """(classes x directions) mean contribution of each direction to each class's logit."""
 
     layer: str

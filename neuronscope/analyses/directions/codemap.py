@@ -37,6 +37,7 @@ from PIL import Image
 from ...errors import NeuronscopeError, OptionError
 from ...imaging import input_rgb
 from ..stream import stream
+from ...notebook import NotebookMixin
 
 REDUCES = ("mean", "max")
 #: Neighbours for the kNN agreements and the trustworthiness (fewer on tiny data).
@@ -64,7 +65,7 @@ def colour(index: int | None) -> str:
 
 
 @dataclass
-class CodeMap:
+class CodeMap(NotebookMixin):
     """A layer's codes over the data laid out in 2-D, with how faithful and how clustered they are."""
 
     layer: str

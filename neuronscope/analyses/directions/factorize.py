@@ -21,12 +21,13 @@ import torch
 
 from ...errors import NeuronscopeError, OptionError
 from ..stream import stream
+from ...notebook import NotebookMixin
 
 METHODS = ("nmf", "pca")
 
 
 @dataclass
-class Factorization:
+class Factorization(NotebookMixin):
     """``k`` directions in a layer's channel space found from its activations over the data."""
 
     layer: str

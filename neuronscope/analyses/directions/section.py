@@ -20,6 +20,7 @@ from .book import DirectionSet, from_dictionary, from_factorization, random_dire
 from .examples import ADDRESSABLE, direction_examples, group_name
 from .factorize import Factorization, factorize
 from .sae import DictionaryMetrics, learn_dictionary
+from ...notebook import NotebookMixin
 
 #: Dictionary features that get pictures and unit pages (the rest are in the tables).
 SHOWN_FEATURES = 24
@@ -47,7 +48,7 @@ def penultimate(subject) -> str | None:
 
 
 @dataclass
-class DirectionsReport:
+class DirectionsReport(NotebookMixin):
     layer: str
     sets: list[DirectionSet]
     factorization: Factorization

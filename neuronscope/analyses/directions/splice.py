@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from ...errors import OptionError
 from ..stream import stream
+from ...notebook import NotebookMixin
 
 Reconstruct = Callable[[torch.Tensor], torch.Tensor]
 
@@ -48,7 +49,7 @@ __all__ = ["SpliceResult", "splice_loss"]
 
 
 @dataclass
-class SpliceResult:
+class SpliceResult(NotebookMixin):
     """The model's loss with one layer's output replaced by a reconstruction, its mean, or zeros."""
 
     layer: str

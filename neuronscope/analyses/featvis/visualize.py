@@ -29,6 +29,7 @@ from . import objectives as O
 from .evidence import _pairwise_mean, real_maxima_from_data, real_maxima_from_store, seed_consistency, unit_scores
 from .param import IMAGENET_COLOUR, PixelParam, colour_matrix, magnitude_spectrum
 from .render import Rendering, render
+from ...notebook import NotebookMixin
 
 
 @dataclass
@@ -66,7 +67,7 @@ class TargetResult:
 
 
 @dataclass
-class Visualization:
+class Visualization(NotebookMixin):
     """Everything ``visualize`` rendered; a Store section (tables, images, summary)."""
 
     results: list[TargetResult]

@@ -20,10 +20,11 @@ from .importance import ColumnImportance, Interactions, PartialDependence, colum
     partial_dependence
 from .logistic import LogisticReading, is_one_layer, logistic_reading
 from .surrogate import LocalLinear, Surrogate, local_linear, surrogate
+from ...notebook import NotebookMixin
 
 
 @dataclass
-class TabularReport:
+class TabularReport(NotebookMixin):
     columns: list[str]
     task: str
     reading: LogisticReading | None
