@@ -367,7 +367,11 @@ def _report(args) -> int:
             print("- " + line)
     page = {"report": index, "directions": index.with_name("directions.html")}.get(args.command,
                                                                                  index.with_name("examples.html"))
-    print(f"{ {'report': 'Report', 'directions': 'Directions'}.get(args.command, 'Dataset examples')} written: {page}\n"
+    from .website import site_size
+
+    size, pages = site_size(args.out)
+    print(f"{ {'report': 'Report', 'directions': 'Directions'}.get(args.command, 'Dataset examples')} written: {page} "
+          f"({size / 2**20:.1f} MB, {pages} pages)\n"
           f"Open it in a browser, or run: neuronscope serve {args.out}")
     return 0
 

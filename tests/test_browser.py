@@ -32,9 +32,9 @@ def _chromium() -> str:
         if os.environ.get("NEURONSCOPE_REQUIRE_BROWSER"):
             pytest.fail(f"No Chromium on this machine, and CI requires the browser tests: {how}.")
         pytest.skip(f"No Chromium here: {how}.")
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("playwright") is None:
         if os.environ.get("NEURONSCOPE_REQUIRE_BROWSER"):
             pytest.fail(f"Playwright is not installed: {how}.")
         pytest.skip(f"Playwright is not installed: {how}.")
@@ -96,6 +96,9 @@ def _walk(browser, base: str, label: str, report: Path):
     # overview -> layer (the dataset-examples grid of relu3) -> unit -> back
     v.page.click("nav a[href='examples.html']")
     v.settle()
+    v.page.click("section#relu3 .sorter button[data-key=sel]")  # the layer grid sorts in place
+    sel = v.page.eval_on_selector_all("section#relu3 a.unit", "cards => cards.map(c => parseFloat(c.dataset.sel))")
+    assert sel == sorted(sel, reverse=True) and len(sel) == 64
     v.page.click("section#relu3 a.unit >> nth=0")
     v.settle()
     assert "/units/relu3/" in v.page.url

@@ -14,7 +14,7 @@ from pathlib import Path
 from ..data import open_data
 from ..loading import load_model
 from ..pipeline import ReportOptions, report
-from ..website import render_index
+from ..website import render_index, site_size
 from ..subject import Subject
 from .build import build_demo
 
@@ -23,6 +23,18 @@ INTRO = (
     "shapes that learned a shortcut (a small marker that, in training, came with one class) and its "
     "clean twin trained on the same images without the marker. Each card opens that model's report."
 )
+
+
+#: The demo's budget: every analysis runs, with fewer units drawn than a user's default report.
+BUDGET = dict(featvis_units=6, featvis_steps=256, featvis_seeds=2, directions_featvis=4, attribution_inputs=12,
+              dictionary_steps=500)
+
+
+def describe_budget() -> str:
+    b = BUDGET
+    return (f"{b['featvis_units']} units per layer visualized ({b['featvis_steps']} steps, {b['featvis_seeds']} random "
+            f"starts each) plus every class and factor, {b['directions_featvis']} dictionary features drawn, "
+            f"{b['attribution_inputs']} inputs explained, a dictionary trained for {b['dictionary_steps']} steps")
 
 
 def subject_for(entry: dict, root: Path) -> Subject:
@@ -87,14 +99,20 @@ def run_demo(out: Path, *, force: bool = False, progress: bool = True) -> Path:
         # Six units per layer keep the demo near two minutes on 2 cores; the examples pass puts the
         # telling ones (the shortcut's fixed-place units) first.
         opts = ReportOptions(progress=progress, title=entry.get("title"), story=entry.get("story"),
-                             extra=facts(entry), featvis_units=6, directions_featvis=4)
+                             extra=facts(entry), **BUDGET)
         index = report(subject, data, out / entry["name"], opts)
+        seconds = time.perf_counter() - t
+        size, pages = site_size(out / entry["name"])
         if progress:
-            print(f"  report {entry['name']}: {time.perf_counter() - t:.1f} s", file=sys.stderr)
+            print(f"  report {entry['name']}: {seconds:.1f} s, {size / 2**20:.1f} MB, {pages} pages", file=sys.stderr)
         cards.append({"name": entry["name"], "title": entry.get("title", entry["name"]),
                       "story": entry.get("story", ""), "link": f"{entry['name']}/{index.name}",
-                      "facts": facts(entry)})
-    index = render_index(out, "neuronscope demo", INTRO, cards)
+                      "facts": {**facts(entry), "report": f"{size / 2**20:.1f} MB, {pages} pages, {seconds:.0f} s"}})
+    total = sum(f.stat().st_size for f in out.rglob("*") if f.is_file() and "demo-data" not in f.parts)
+    footer = (f"Budget (to stay near three minutes on 2 cores): {describe_budget()}. Reports written in "
+              f"{time.perf_counter() - t0:.0f} s (models {'reused' if not force else 'trained'}), "
+              f"{total / 2**20:.1f} MB in all.")
+    index = render_index(out, "neuronscope demo", INTRO, cards, footer)
     if progress:
         print(f"demo finished in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return index

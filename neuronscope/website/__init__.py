@@ -15,7 +15,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from ..atomic import atomic_write
 from ..store import Store
 from ..units import slug
-from . import attribution_pages, directions_pages, featvis_pages, svg, tabular_pages, unit_pages
+from . import attribution_pages, directions_pages, featvis_pages, references, svg, tabular_pages, unit_pages
 
 #: Pages in navigation order: (section in the store, file, title). "overview" is index.html.
 PAGES = [
@@ -89,24 +89,32 @@ def render_site(root: str | os.PathLike) -> Path:
             continue
         page = env.get_template(f"{section}.html").render(
             **common, **extra, page=file, title=title, s=sections[section]["summary"], entry=sections[section],
-            findings=found if section == "overview" else [])
+            findings=found if section == "overview" else [], refs=references.PAGES.get(file))
         atomic_write(store.root / file, page.encode())
     from ..findings import THRESHOLDS
 
     page = env.get_template("methods.html").render(**common, **extra, page="methods.html", title="Methods",
-                                                   thresholds=THRESHOLDS)
+                                                   thresholds=THRESHOLDS, refs=references.PAGES["methods.html"])
     atomic_write(store.root / "methods.html", page.encode())
     if "ex_layers" in extra:
-        unit_pages.render(store, env, {**common, **extra, "root": "../../", "page": "examples.html"})
+        unit_pages.render(store, env, {**common, **extra, "root": "../../", "page": "examples.html",
+                                       "refs": references.PAGES["unit.html"]})
     if "directions" in sections:
         unit_pages.render(store, env, {**common, **extra, **unit_pages.context(store, "directions"), "root": "../../",
-                                       "page": "directions.html", "group_page": "directions.html"})
+                                       "page": "directions.html", "group_page": "directions.html",
+                                       "refs": references.PAGES["unit.html"]})
     return store.root / "index.html"
 
 
-def render_index(root: str | os.PathLike, title: str, intro: str, models: list[dict]) -> Path:
+def site_size(root: str | os.PathLike) -> tuple[int, int]:
+    """(bytes on disk, HTML pages) of a written report folder."""
+    files = [f for f in Path(root).rglob("*") if f.is_file()]
+    return sum(f.stat().st_size for f in files), sum(f.suffix == ".html" for f in files)
+
+
+def render_index(root: str | os.PathLike, title: str, intro: str, models: list[dict], footer: str = "") -> Path:
     """A page linking several model reports (the demo): each dict has name, title, story, link, facts."""
-    page = _env().get_template("collection.html").render(title=title, intro=intro, models=models)
+    page = _env().get_template("collection.html").render(title=title, intro=intro, models=models, footer=footer)
     root = Path(root)
     static = Path(__file__).parent / "static"
     for f in static.iterdir():
@@ -115,4 +123,4 @@ def render_index(root: str | os.PathLike, title: str, intro: str, models: list[d
     return root / "index.html"
 
 
-__all__ = ["render_site", "render_index", "findings"]
+__all__ = ["render_site", "render_index", "findings", "site_size"]

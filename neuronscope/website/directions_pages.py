@@ -15,26 +15,6 @@ from .unit_pages import unit_link
 
 EMPTY = {"dr": None, "dr_links": {}, "dr_channels": 0}
 
-#: The works this page rests on: (authors, year, title, link).
-REFERENCES = [
-    ("Olah, Satyanarayan, Johnson, Carter, Schubert, Ye, Mordvintsev", 2018, "The Building Blocks of Interpretability",
-     "https://distill.pub/2018/building-blocks/"),
-    ("Lee & Seung", 1999, "Learning the parts of objects by non-negative matrix factorization",
-     "https://www.nature.com/articles/44565"),
-    ("Bricken, Templeton, Batson et al.", 2023, "Towards Monosemanticity: Decomposing Language Models With Dictionary Learning",
-     "https://transformer-circuits.pub/2023/monosemantic-features"),
-    ("Gao, Dupré la Tour, Tillman et al.", 2024, "Scaling and evaluating sparse autoencoders",
-     "https://arxiv.org/abs/2406.04093"),
-    ("Szegedy, Zaremba, Sutskever et al.", 2013, "Intriguing properties of neural networks",
-     "https://arxiv.org/abs/1312.6199"),
-    ("Elhage, Hume, Olsson et al.", 2022, "Toy Models of Superposition",
-     "https://transformer-circuits.pub/2022/toy_model/"),
-    ("Morcos, Barrett, Rabinowitz, Botvinick", 2018, "On the importance of single directions for generalization",
-     "https://arxiv.org/abs/1803.06959"),
-    ("van der Maaten & Hinton", 2008, "Visualizing Data using t-SNE", "https://jmlr.org/papers/v9/vandermaaten08a.html"),
-    ("Karpathy", 2014, "t-SNE visualization of CNN codes (cs231n)", "https://cs.stanford.edu/people/karpathy/cnnembed/"),
-]
-
 
 def _rows(table: dict[str, list]) -> list[dict]:
     keys = list(table)
@@ -116,4 +96,4 @@ def context(store: Store) -> dict:
     basis_groups = s["basis"].get("groups", []) if s.get("basis") else []
     return {"dr": s, "dr_groups": groups, "dr_factors": factors, "dr_splice": splice, "dr_basis": basis,
             "dr_basis_groups": basis_groups, "dr_links": links, "dr_matrix": link_matrix, "dr_classes": classes,
-            "dr_map": cmap, "dr_refs": REFERENCES, "dr_channels": s["factorization"]["channels"]}
+            "dr_map": cmap, "dr_channels": s["factorization"]["channels"]}
