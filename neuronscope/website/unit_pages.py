@@ -53,6 +53,9 @@ def context(store: Store, section: str = "examples") -> dict:
         u["ranges"] = _group({k: [e[k] for e in examples.get(name, []) if e["kind"].startswith("range")]
                               for k in ("kind", "id", "score")}, "kind") if examples.get(name) else {}
         u["hist"] = hists.get(name, [])
+        labels = [e["label"] for e in u["examples"]["top"] if e["label"] is not None]
+        u["class_mix"] = sorted(((c, labels.count(c) / len(labels)) for c in set(labels)),
+                                key=lambda cv: -cv[1]) if labels else []
         u["profile"] = profiles.get(name, [])
         by_layer[u["layer"]].append(u)
     layers = []
