@@ -93,21 +93,25 @@ def _walk(browser, base: str, label: str, report: Path):
     assert shortcut["text"] in v.page.inner_text("ul.findings"), "the shortcut finding is on the overview"
     v.shot(f"{label}-overview")
     pages = {"overview": v.page.url}
-    # overview -> layer (the dataset-examples grid of relu3) -> unit -> back
+    # overview -> layers -> layer relu3 (sorted by selectivity) -> unit -> back
     v.page.click("nav a[href='examples.html']")
     v.settle()
-    v.page.click("section#relu3 .sorter button[data-key=sel]")  # the layer grid sorts in place
-    sel = v.page.eval_on_selector_all("section#relu3 a.unit", "cards => cards.map(c => parseFloat(c.dataset.sel))")
+    v.shot(f"{label}-layers")
+    v.page.click("section#relu3 h2 a")
+    v.settle()
+    assert v.page.url.endswith("shapes/layers/relu3.html")
+    v.page.click(".sorter button[data-key=sel]")  # the layer grid sorts in place
+    sel = v.page.eval_on_selector_all("#grid a.unit", "cards => cards.map(c => parseFloat(c.dataset.sel))")
     assert sel == sorted(sel, reverse=True) and len(sel) == 64
-    v.page.click("section#relu3 a.unit >> nth=0")
+    v.shot(f"{label}-layer")
+    v.page.click("#grid a.unit >> nth=0")
     v.settle()
     assert "/units/relu3/" in v.page.url
     v.shot(f"{label}-unit")
     unit_url = v.page.url
     v.page.go_back()
     v.settle()
-    assert v.page.url.split("#")[0].endswith("shapes/examples.html")
-    v.shot(f"{label}-layer")
+    assert v.page.url.endswith("shapes/layers/relu3.html")
     pages["unit"] = unit_url
     for name in ("featvis", "attribution", "shortcuts", "directions", "filters", "sanity", "methods"):
         v.open(f"shapes/{name}.html")

@@ -99,6 +99,8 @@ def render_site(root: str | os.PathLike) -> Path:
     if "ex_layers" in extra:
         unit_pages.render(store, env, {**common, **extra, "root": "../../", "page": "examples.html",
                                        "refs": references.PAGES["unit.html"]})
+        unit_pages.render_layers(store, env, {**common, **extra, "root": "../", "page": "examples.html",
+                                              "refs": references.PAGES["layers.html"]})
     if "directions" in sections:
         unit_pages.render(store, env, {**common, **extra, **unit_pages.context(store, "directions"), "root": "../../",
                                        "page": "directions.html", "group_page": "directions.html",

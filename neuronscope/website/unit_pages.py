@@ -12,6 +12,18 @@ from ..store import Store
 from ..units import slug
 
 KINDS = ("top", "bottom")
+#: Units per layer page (a layer with more gets several pages) and cards previewed on the index.
+PER_PAGE, PREVIEW = 256, 12
+
+
+def layer_page(layer: str, part: int = 1) -> str:
+    return f"layers/{slug(layer)}{'' if part == 1 else f'-{part}'}.html"
+
+
+def _interest(u: dict):
+    """Units that always peak at one place first, then the most class-selective, then by index."""
+    fixed = u.get("peak_share") is not None and u["peak_share"] >= 0.8
+    return (not fixed, -(u.get("selectivity") or 0.0), u["index"])
 
 
 def _group(table: dict[str, list], by: str) -> dict[str, list[dict]]:
@@ -60,12 +72,30 @@ def context(store: Store, section: str = "examples") -> dict:
         by_layer[u["layer"]].append(u)
     layers = []
     for info in summary["layers" if section == "examples" else "groups"]:
-        layers.append({**info, "units_list": by_layer[info["layer"]]})
+        units_list = by_layer[info["layer"]]
+        layer = {**info, "units_list": units_list}
+        if section == "examples":
+            layer["page"] = layer_page(info["layer"])
+            layer["preview"] = sorted(units_list, key=_interest)[:PREVIEW]
+        layers.append(layer)
     row_index = {}
     if rows is not None:
         cols = [c for c in rows if c != "id"]
         row_index = {"columns": cols, "by_id": {i: [rows[c][n] for c in cols] for n, i in enumerate(rows["id"])}}
     return {"ex_layers": layers, "ex": summary, "ex_rows": row_index}
+
+
+def render_layers(store: Store, env, ctx: dict) -> None:
+    """One page per layer (several for a layer with more than PER_PAGE units): its sortable grid."""
+    template = env.get_template("layer.html")
+    for layer in ctx["ex_layers"]:
+        units = layer["units_list"]
+        parts = max(1, -(-len(units) // PER_PAGE))
+        pages = [layer_page(layer["layer"], k + 1).split("/", 1)[1] for k in range(parts)]
+        for k in range(parts):
+            page = template.render(**ctx, title=f"Layer {layer['layer']}", layer=layer, part=k + 1, pages=pages,
+                                   per_page=PER_PAGE, units=units[k * PER_PAGE:(k + 1) * PER_PAGE])
+            atomic_write(store.root / layer_page(layer["layer"], k + 1), page.encode())
 
 
 def render(store: Store, env, ctx: dict) -> None:
