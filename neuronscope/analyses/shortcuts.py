@@ -42,11 +42,14 @@ import numpy as np
 import torch
 
 from ..errors import NeuronscopeError, UnsupportedError
+from ..progress import progress_bar
 from .stream import spread_batches
 from ..notebook import NotebookMixin
 
 #: Thresholds of a finding (see the module docstring).
 FLIP, RATIO, CONSISTENT, ENRICHED = 0.25, 3.0, 3.0, 4.0
+#: The images held at once (spread over the data) stay under this many bytes.
+SAMPLE_BYTES = 256 * 2**20
 #: Window sides tried, as fractions of the image's shorter side.
 SIDES = (1 / 16, 1 / 10, 1 / 8, 1 / 6, 1 / 5, 1 / 4)
 
@@ -151,19 +154,26 @@ class ShortcutReport(NotebookMixin):
 # ------------------------------------------------------------------------------------------ the checks
 def find_shortcuts(subject, data, *, per_class: int = 32, recipients: int = 128, n_steps: int = 16,
                    seed: int = 0, progress: bool = False) -> ShortcutReport:
-    """Look for a shortcut behind every class of an image classifier (see the module docstring)."""
+    """Look for a shortcut behind every class of an image classifier (see the module docstring).
+
+    Works on a sample spread over the data (at most 256 MiB of images); ``progress`` shows a bar
+    over the classes."""
     from .attribution.explain import explain
 
     if subject.task != "classification" or len(subject.input_shape) != 3:
         raise UnsupportedError("Shortcut checks need an image classifier.")
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
-    x, pred = _sample(subject, data, limit=max(per_class * len(subject.classes) * 4, 1024))
+    per_image = 4 * int(np.prod(subject.input_shape))
+    limit = min(max(per_class * len(subject.classes) * 4, 1024), max(64, SAMPLE_BYTES // per_image))
+    x, pred = _sample(subject, data, limit=limit)
     if len(x) == 0:
         raise NeuronscopeError("No readable examples in the data: nothing to check.")
     h, w = x.shape[-2:]
     checks, pictures, notes = [], {}, []
+    bar = progress_bar(total=len(subject.classes), desc="shortcut checks", unit="class", enabled=progress)
     for k, name in enumerate(subject.classes):
+        bar.update(1)
         mine = np.flatnonzero(pred == k)
         others = np.flatnonzero(pred != k)
         check = ClassCheck(name, k, int(min(len(mine), per_class)))
@@ -230,9 +240,9 @@ def find_shortcuts(subject, data, *, per_class: int = 32, recipients: int = 128,
         if check.verdict in ("fixed patch", "moving patch"):
             pictures[f"shortcuts/{k}"] = _picture(subject, xs, donors[0], rec[0], pasted[0], region,
                                                   maps.mean(0))
-    report = ShortcutReport(checks, tuple(x.shape[1:]), int(min(recipients, len(x))), time.perf_counter() - t0,
-                            pictures, notes)
-    return report
+    bar.close()
+    return ShortcutReport(checks, tuple(x.shape[1:]), int(min(recipients, len(x))), time.perf_counter() - t0,
+                          pictures, notes)
 
 
 def _verdict(c: ClassCheck) -> str | None:
