@@ -66,7 +66,7 @@ def test_report_command(model, images, tmp_path, capsys):
     out = tmp_path / "r"
     assert main(["-q", "report", "--visualize", "0", *model, "--data", images, "--out", str(out), "--mean", "0.5", "--std", "0.25"]) == 0
     assert "Report written" in capsys.readouterr().out
-    html = (out / "index.html").read_text()
+    html = (out / "model.html").read_text()
     assert "cat" in html and "dog" in html and "0.25" in html
 
 

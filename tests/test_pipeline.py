@@ -139,12 +139,13 @@ def test_report_writes_a_site_and_resumes(image_folder, tmp_path, monkeypatch):
     manifest = json.loads((out / "manifest.json").read_text())
     assert set(manifest["sections"]) == {"overview", "filters", "sanity", "layer_stats", "activations", "examples",
                                          "attribution", "directions", "shortcuts"}
-    for page in ["index.html", "filters.html", "sanity.html", "activations.html", "layers.html", "attribution.html",
+    for page in ["index.html", "model.html", "filters.html", "sanity.html", "activations.html", "layers.html", "attribution.html",
                  "directions.html", "shortcuts.html", "methods.html"]:
         html = (out / page).read_text()
         for src in re.findall(r'(?:src|href)="([^"#:]+)"', html):
             assert (out / src).exists(), f"{page} links to missing {src}"
-    assert "dark/broken.png" in (out / "index.html").read_text(), "skipped files are listed"
+    assert "dark/broken.png" in (out / "model.html").read_text(), "skipped files are listed"
+    assert "1 unreadable examples were skipped" in (out / "index.html").read_text()
     sanity = manifest["sections"]["sanity"]
     assert sanity["summary"]["thumbnails"] == len(Store(out).table("sanity", "errors")["id"]) > 0
     assert "error-00.png" in (out / "sanity.html").read_text(), "errors are shown as pictures"

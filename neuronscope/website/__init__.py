@@ -20,6 +20,7 @@ from . import attribution_pages, directions_pages, featvis_pages, references, sv
 #: Pages in navigation order: (section in the store, file, title). "overview" is index.html.
 PAGES = [
     ("overview", "index.html", "Overview"),
+    ("overview", "model.html", "Model"),
     ("sanity", "sanity.html", "Model sanity"),
     ("filters", "filters.html", "First-layer filters"),
     ("activations", "activations.html", "Activation maps"),
@@ -54,7 +55,7 @@ def findings(store: Store) -> list[dict]:
     """The overview's sentences (see :mod:`neuronscope.findings`), each linking to its evidence."""
     from ..findings import collect
 
-    level = {"warning": "warning", "notice": "warning", "info": "info"}
+    level = {"warning": "warning", "notice": "info", "info": "info"}
     return [{**f, "link": f["links"][0] if f["links"] else "index.html", "level": level.get(f["severity"], "info")}
             for f in collect(store)]
 
@@ -87,7 +88,8 @@ def render_site(root: str | os.PathLike) -> Path:
     for section, file, title in PAGES:
         if section not in sections:
             continue
-        page = env.get_template(f"{section}.html").render(
+        template = "model.html" if file == "model.html" else f"{section}.html"
+        page = env.get_template(template).render(
             **common, **extra, page=file, title=title, s=sections[section]["summary"], entry=sections[section],
             findings=found if section == "overview" else [], refs=references.PAGES.get(file))
         atomic_write(store.root / file, page.encode())

@@ -60,6 +60,7 @@ MACO = ("Fel, Boissin, Boutin et al.", 2023, "Unlocking Feature Visualization fo
 #: page file -> references
 PAGES = {
     "index.html": [CS231N, OLAH_FV, OLAH_BB, MICROSCOPE],
+    "model.html": [CS231N, ZEILER],
     "sanity.html": [CS231N],
     "filters.html": [CS231N, ZEILER],
     "activations.html": [CS231N, ZEILER],
