@@ -106,6 +106,14 @@ def analyze(subject, data, out: str | Path, options: ReportOptions | None = None
     def key(section: str, **params) -> str:
         return content_hash(base_key, section, params, _code_digest(section))
 
+    before = {name: entry.get("key") for name, entry in store.sections().items()}
+
+    def finish() -> Store:
+        # The time of the run that computed something: a rerun that reuses every section keeps it.
+        if {name: entry.get("key") for name, entry in store.sections().items()} != before:
+            store.set_info(seconds=round(time.perf_counter() - t0, 2))
+        return store
+
     k = key("overview")
     if not store.has("overview", k):
         store.save("overview", overview(subject), key=k)
@@ -118,8 +126,7 @@ def analyze(subject, data, out: str | Path, options: ReportOptions | None = None
             _say(f"filters: skipped ({e})", opts.progress)
 
     if data is None:
-        store.set_info(seconds=round(time.perf_counter() - t0, 2))
-        return store
+        return finish()
 
     if opts.layers and not subject.hookable:
         subject._require_hooks("the layers " + ", ".join(opts.layers))
@@ -213,8 +220,7 @@ def analyze(subject, data, out: str | Path, options: ReportOptions | None = None
             _say("columns: logistic reading, importance, partial dependence...", opts.progress)
             store.save("tabular", tabular(subject, data, groups=opts.groups, limit=opts.limit or 2000,
                                           progress=opts.progress), key=k)
-    store.set_info(seconds=round(time.perf_counter() - t0, 2))
-    return store
+    return finish()
 
 
 def _feature_visualizations(subject, data, store, layers, opts):
