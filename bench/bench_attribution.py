@@ -77,6 +77,7 @@ for p in (str(REPO), str(REPO / "bench")):
 from bench_examples import images, machine, make_model, timed, wait_quiet  # noqa: E402  (same models and timing)
 from neuronscope import Subject  # noqa: E402
 from neuronscope.analyses.attribution import batching  # noqa: E402
+from procmem import reset_peak, status  # noqa: E402 (bench/ is on sys.path when run as a script)
 
 STDEV = 0.15
 THRESHOLD = 0.25  # cores used by other processes above which a timed run is made again
@@ -254,24 +255,6 @@ def rel_diff(a, ref) -> float | None:
 
 
 # ------------------------------------------------------------------------------------ memory child
-def _status(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _reset_peak() -> bool:
-    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS (Linux >= 4.0)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def memory_child(spec: dict) -> None:
     """Fresh process: warm up on 2 rows, then one run of the configuration; prints a JSON line."""
     s = spec["s"]
@@ -282,8 +265,8 @@ def memory_child(spec: dict) -> None:
     runner(method if method in ("ig", "smoothgrad", "occlusion") else "ig", model, x[:2], target[:2], 1,
            2, dict(s, window=s["size"] // 2))()
     gc.collect()
-    before = _status("VmRSS")
-    reset = _reset_peak()
+    before = status("VmRSS")
+    reset = reset_peak()
     t0 = time.perf_counter()
     choice = None
     if method == "floor_grad":
@@ -301,7 +284,7 @@ def memory_child(spec: dict) -> None:
         run_evals = spec["run_evals"] if spec["run_evals"] is None or param is None else min(evals, spec["run_evals"] * param)
         attr = runner(method, model, x, target, param, run_evals or evals, s)()
     wall = time.perf_counter() - t0
-    peak = _status("VmHWM")
+    peak = status("VmHWM")
     if spec.get("save") and attr is not None:
         torch.save(attr.detach(), spec["save"])
     print(json.dumps({"before": before, "peak": peak, "delta": max(0, peak - before), "wall_s": wall,

@@ -70,6 +70,7 @@ for p in (str(REPO), str(REPO / "bench")):
         sys.path.insert(0, p)
 
 from bench_examples import machine, timed, wait_quiet  # noqa: E402  (same machine record and timing)
+from procmem import reset_peak, status  # noqa: E402 (bench/ is on sys.path when run as a script)
 
 LAYER = "relu3"
 EV_TARGET, L0_SHARE_TARGET, DEAD_TARGET = 0.9, 0.10, 0.10
@@ -259,23 +260,6 @@ def sae_run(subject, data, steps: int, rows_all: torch.Tensor, log) -> tuple[dic
 
 
 # ------------------------------------------------------------------------------------ 3. memory
-def _status(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def memory_child(spec: dict) -> None:
     """Fresh process: warm up, then one training run; prints a JSON line."""
     torch.set_num_threads(spec["threads"])
@@ -293,13 +277,13 @@ def memory_child(spec: dict) -> None:
                           seed=0)
     ru0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     tracemalloc.start()
-    reset = _reset_peak()
-    before = _status("VmRSS")
+    reset = reset_peak()
+    before = status("VmRSS")
     t0 = time.perf_counter()
     d, m = train_dictionary(rows, rows.dim, features=512, k=26, steps=spec["steps"], lr=3e-3, seed=0,
                             resample_dead_every=200, layer=rows.layer)
     wall = time.perf_counter() - t0
-    peak = _status("VmHWM")
+    peak = status("VmHWM")
     _, tm_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     cache = rows._cache
