@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from .store import Store
-from .units import slug
+from .website.unit_pages import unit_link
 
 #: kind -> (threshold in words, source)
 THRESHOLDS = {
@@ -71,7 +71,7 @@ def collect(store: Store) -> list[dict]:
                     f["units"] = inside
                     f["text"] = f["text"] + (f" Units {_list(inside[:4])} respond to what sits there (their top "
                                              "examples peak on it).")
-                    f["links"] = f["links"] + [_unit_link(u) for u in inside[:4]]
+                    f["links"] = f["links"] + [unit_link(u) for u in inside[:4]]
             out.append(_finding(**{k: f[k] for k in ("kind", "severity", "text", "numbers", "units", "classes",
                                                       "region", "links") if k in f}))
     if "sanity" in sections:
@@ -100,7 +100,7 @@ def collect(store: Store) -> list[dict]:
                 out.append(_finding("dead_units", "notice",
                                     f"{layer['dead']} of {layer['units']} units of {name} never fire on this data "
                                     f"({layer['n']} examples).", numbers={"dead": layer["dead"], "units": layer["units"]},
-                                    units=units, links=[f"examples.html#{name}"] + [_unit_link(u) for u in units[:3]]))
+                                    units=units, links=[f"examples.html#{name}"] + [unit_link(u) for u in units[:3]]))
             best = (layer.get("most_selective") or [None])[0]
             if best and best["selectivity"] >= 0.5:
                 out.append(_finding("class_selective_unit", "info",
@@ -108,7 +108,7 @@ def collect(store: Store) -> list[dict]:
                                     f"the most selective, {best['unit']}, fires mostly for '{best['class']}' "
                                     f"(selectivity {best['selectivity']:.2f}).",
                                     numbers={"selective": layer.get("selective"), "selectivity": best["selectivity"]},
-                                    units=[best["unit"]], classes=[best["class"]], links=[_unit_link(best["unit"])]))
+                                    units=[best["unit"]], classes=[best["class"]], links=[unit_link(best["unit"])]))
         by_place: dict[tuple, list[str]] = defaultdict(list)
         for u, (pos, _) in fixed.items():
             by_place[(u.rsplit(":", 1)[0], pos)].append(u)
@@ -120,7 +120,7 @@ def collect(store: Store) -> list[dict]:
                                 f"{'always peaks' if len(units) == 1 else 'always peak'} at the same place ({pos}): "
                                 f"{'it responds' if len(units) == 1 else 'they respond'} to something at a fixed "
                                 "position (a watermark, a border, a marker), not to an object wherever it is.",
-                                numbers={"units": len(units)}, units=units, links=[_unit_link(u) for u in units[:3]]))
+                                numbers={"units": len(units)}, units=units, links=[unit_link(u) for u in units[:3]]))
     if "tabular" in sections:
         s = sections["tabular"]["summary"]
         reading = s.get("reading") or {}
@@ -157,18 +157,13 @@ def collect(store: Store) -> list[dict]:
             if "peaks at the same place" in text:
                 unit = text.split(" ", 1)[0]
                 out.append(_finding("fixed_place_direction", "notice", text, units=[unit],
-                                    links=["directions.html", _unit_link(unit)]))
+                                    links=["directions.html", unit_link(unit)]))
         basis = s.get("basis") or {}
         if basis.get("finding"):
             out.append(_finding("basis", "info", basis["finding"], numbers={"verdict": basis.get("verdict")},
                                 units=[s["layer"]], links=["directions.html#basis"]))
     out.sort(key=lambda f: SEVERITY_ORDER.get(f["severity"], 3))
     return out
-
-
-def _unit_link(unit: str) -> str:
-    layer, u = unit.rsplit(":", 1)
-    return f"units/{slug(layer)}/{u}.html"
 
 
 def _list(items) -> str:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import base64
 from html import escape
 
-import numpy as np
-
 MAX_IMAGES, MAX_ROWS, MAX_COLUMNS = 6, 12, 10
 
 
@@ -38,7 +36,7 @@ def repr_html(result, title: str | None = None) -> str:
     for name, img in images.items():
         if img is None or shown >= MAX_IMAGES:
             continue
-        data = base64.b64encode(png_bytes(img if not isinstance(img, np.ndarray) else img)).decode("ascii")
+        data = base64.b64encode(png_bytes(img)).decode("ascii")
         parts.append(f"<figure style='display:inline-block;margin:4px'><img src='data:image/png;base64,{data}' "
                      f"style='max-width:420px'><figcaption>{escape(name)}</figcaption></figure>")
         shown += 1

@@ -21,6 +21,7 @@ import torch
 
 from ...errors import NeuronscopeError, OptionError
 from ..stream import stream
+from .rows import to_rows
 from ...notebook import NotebookMixin
 
 METHODS = ("nmf", "pca")
@@ -187,11 +188,7 @@ def factorize(subject, data, layer: str, *, method: str = "nmf", k: int = 6, lim
 
 def _rows(acts) -> np.ndarray:
     """(N, C, *S) -> (N * prod(S), C) float64 rows, example-major then position."""
-    a = acts.detach().cpu().double().numpy() if isinstance(acts, torch.Tensor) else np.asarray(acts, np.float64)
-    if a.ndim == 2:
-        return a
-    c = a.shape[1]
-    return np.moveaxis(a.reshape(a.shape[0], c, -1), 1, 2).reshape(-1, c)
+    return to_rows(torch.as_tensor(acts).detach().cpu().double()).numpy()
 
 
 class _Reservoir:

@@ -178,7 +178,10 @@ def directions_section(subject, data, layer: str, *, nmf_k: int = 6, dictionary:
                        limit: int | None = None, fit_limit: int = 2048, codemap_layer: str | None = None,
                        codemap_limit: int = 1000, links_limit: int = 512, splice_limit: int = 512,
                        batch_size: int = 64, seed: int = 0, progress: bool = True) -> DirectionsReport:
-    """Everything the report shows about ``layer`` as a space (see the module docstring)."""
+    """Everything the report shows about ``layer`` as a space (see the module docstring).
+
+    The factors and the dictionary's features are registered on ``subject`` (``subject.add_directions``),
+    so their addresses (``layer:nmf3``, ``layer:sae17``) work in later calls."""
     from .classes import class_links
     from .codemap import code_map
     from .splice import splice_loss
