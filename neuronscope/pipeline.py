@@ -107,6 +107,12 @@ def analyze(subject, data, out: str | Path, options: ReportOptions | None = None
         return content_hash(base_key, section, params, _code_digest(section))
 
     before = {name: entry.get("key") for name, entry in store.sections().items()}
+    started = [time.perf_counter()]
+
+    def save(section: str, result, k: str) -> None:
+        """Store a section with the time since the previous one was stored (the checks between are instant)."""
+        store.save(section, result, key=k, seconds=time.perf_counter() - started[0])
+        started[0] = time.perf_counter()
 
     def finish() -> Store:
         # The time of the run that computed something: a rerun that reuses every section keeps it.
@@ -116,12 +122,12 @@ def analyze(subject, data, out: str | Path, options: ReportOptions | None = None
 
     k = key("overview")
     if not store.has("overview", k):
-        store.save("overview", overview(subject), key=k)
+        save("overview", overview(subject), k)
 
     k = key("filters")
     if opts.wants("filters") and not store.has("filters", k):
         try:
-            store.save("filters", analyze_filters(subject), key=k)
+            save("filters", analyze_filters(subject), k)
         except UnsupportedError as e:
             _say(f"filters: skipped ({e})", opts.progress)
 
@@ -145,16 +151,17 @@ def analyze(subject, data, out: str | Path, options: ReportOptions | None = None
         run_pass(subject, data, layers if "examples" in reducers else [], reducers, reduce=reduce_activation, limit=opts.limit,
                  batch_size=opts.batch_size, checkpoint=checkpoint,
                  key=content_hash(k_sanity, k_examples, sorted(reducers)), progress=opts.progress)
-        if "sanity" in reducers:
-            result = reducers["sanity"].result(data)
-            store.save("sanity", result, key=k_sanity)
-            if result.warning:
-                _say("WARNING: " + result.warning, True)
+        # The shared pass's time goes to the examples (stored first when both ran): it is their cost.
         if "examples" in reducers:
             _say("drawing dataset examples...", opts.progress)
             ex = finish_examples(reducers["examples"], subject, data, max_units=opts.max_units)
-            store.save("examples", ex, key=k_examples)
+            save("examples", ex, k_examples)
             store.save("layer_stats", ex.layer_stats(), key=k_examples)
+        if "sanity" in reducers:
+            result = reducers["sanity"].result(data)
+            save("sanity", result, k_sanity)
+            if result.warning:
+                _say("WARNING: " + result.warning, True)
         checkpoint.unlink(missing_ok=True)
     if data.skipped:
         _say(f"{len(data.skipped)} unreadable example(s) skipped; the report lists them.", opts.progress)
@@ -171,7 +178,7 @@ def analyze(subject, data, out: str | Path, options: ReportOptions | None = None
                     raise
                 first = next(data.batches(1))  # the first example was unreadable: take the next one
                 x, example = first.x, first.ids[0]
-            store.save("activations", activation_maps(subject, x[0], layers, example_id=example), key=k)
+            save("activations", activation_maps(subject, x[0], layers, example_id=example), k)
 
     if opts.wants("directions") and opts.directions and layers:
         from .analyses.directions.section import default_layer, directions_section, load_directions
@@ -182,9 +189,9 @@ def analyze(subject, data, out: str | Path, options: ReportOptions | None = None
         if layer is not None and not store.has("directions", k):
             _say(f"directions: factors, a dictionary and random directions of {layer}; the map of the codes...",
                  opts.progress)
-            store.save("directions", directions_section(
+            save("directions", directions_section(
                 subject, data, layer, nmf_k=opts.factors, dictionary=opts.dictionary_steps > 0, dictionary_steps=max(opts.dictionary_steps, 1),
-                k=opts.k, reduce=opts.reduce, limit=opts.limit, batch_size=opts.batch_size, progress=opts.progress), key=k)
+                k=opts.k, reduce=opts.reduce, limit=opts.limit, batch_size=opts.batch_size, progress=opts.progress), k)
         elif layer is not None:
             load_directions(store, subject)
 
@@ -193,7 +200,7 @@ def analyze(subject, data, out: str | Path, options: ReportOptions | None = None
                 diverse=opts.featvis_diverse, examples=store.sections().get("examples", {}).get("key"),
                 directions=store.sections().get("directions", {}).get("key"), directions_featvis=opts.directions_featvis)
         if not store.has("featvis", k):
-            store.save("featvis", _feature_visualizations(subject, data, store, layers, opts), key=k)
+            save("featvis", _feature_visualizations(subject, data, store, layers, opts), k)
 
     if opts.wants("attribution") and opts.attribution_inputs:
         k = key("attribution", layers=layers, inputs=opts.attribution_inputs, units=opts.attribution_units,
@@ -202,24 +209,24 @@ def analyze(subject, data, out: str | Path, options: ReportOptions | None = None
             from .analyses.attribution.section import attribution_section
 
             _say(f"attribution: {opts.attribution_inputs} inputs, every method's trust checks...", opts.progress)
-            store.save("attribution", attribution_section(
+            save("attribution", attribution_section(
                 subject, data, store, layers, inputs=opts.attribution_inputs, units_per_layer=opts.attribution_units,
-                progress=opts.progress, ranked=_units_by_interest(store)), key=k)
+                progress=opts.progress, ranked=_units_by_interest(store)), k)
     if opts.wants("shortcuts") and opts.shortcuts and subject.task == "classification" and len(subject.input_shape) == 3:
         k = key("shortcuts", limit=opts.limit)
         if not store.has("shortcuts", k):
             from .analyses.shortcuts import find_shortcuts
 
             _say("shortcuts: where each class's evidence sits, pasted onto other images...", opts.progress)
-            store.save("shortcuts", find_shortcuts(subject, data, progress=opts.progress), key=k)
+            save("shortcuts", find_shortcuts(subject, data, progress=opts.progress), k)
     if opts.wants("tabular") and opts.tabular and len(subject.input_shape) == 1:
         k = key("tabular", limit=opts.limit, groups=opts.groups)
         if not store.has("tabular", k):
             from .analyses.tabular.section import tabular
 
             _say("columns: logistic reading, importance, partial dependence...", opts.progress)
-            store.save("tabular", tabular(subject, data, groups=opts.groups, limit=opts.limit or 2000,
-                                          progress=opts.progress), key=k)
+            save("tabular", tabular(subject, data, groups=opts.groups, limit=opts.limit or 2000,
+                                    progress=opts.progress), k)
     return finish()
 
 
@@ -252,14 +259,12 @@ def _feature_visualizations(subject, data, store, layers, opts):
         v = visualize(subject, layer, units=units, **common)
         results += v.results
         seconds += v.seconds
-        places: dict[str, list[int]] = {}
-        for u in units:
-            if order.get(u, (2,))[0] == 0 and len(subject.input_shape) == 3:
-                places.setdefault(order[u][3], []).append(u)
-        for place, us in places.items():
-            fixed = visualize(subject, [f"{layer}:{u}@{place}" for u in us], **{**common, "diverse": 0}, negative=False)
-            results += fixed.results
-            seconds += fixed.seconds
+        fixed = [f"{layer}:{u}@{order[u][3]}" for u in units
+                 if order.get(u, (2,))[0] == 0 and len(subject.input_shape) == 3]
+        if fixed:  # one batch, each neuron at its own place
+            v_fixed = visualize(subject, fixed, **{**common, "diverse": 0}, negative=False)
+            results += v_fixed.results
+            seconds += v_fixed.seconds
     if store.has("directions") and len(subject.input_shape) == 3:
         units = store.table("directions", "units")
         for group in store.summary("directions")["groups"]:

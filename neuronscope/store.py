@@ -120,13 +120,18 @@ class Store:
         atomic_write(path, png_bytes(image))
         return path
 
-    def save(self, section: str, result: Result, *, key: str | None = None) -> dict:
-        """Write a result's tables, images and summary; the manifest entry is written last."""
+    def save(self, section: str, result: Result, *, key: str | None = None, seconds: float | None = None) -> dict:
+        """Write a result's tables, images and summary; the manifest entry is written last.
+
+        ``seconds``: how long the section took to compute (the report's build times).
+        """
         tables = {n: str(self.write_table(section, n, cols).relative_to(self.root))
                   for n, cols in result.tables().items()}
         images = {n: str(self.write_image(section, n, img).relative_to(self.root))
                   for n, img in result.images().items()}
         entry = {"key": key, "summary": _jsonable(result.summary()), "tables": tables, "images": images}
+        if seconds is not None:
+            entry["seconds"] = round(float(seconds), 2)
         self.manifest["sections"][section] = entry
         self._save_manifest()
         return entry

@@ -148,3 +148,28 @@ def test_the_demo_report_works_through_serve(browser, demo_report):
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_sorting_a_wide_layer_covers_all_its_pages(browser, wide_report):
+    """600 units on three pages: a sort on page 2 reorders the whole layer, 256 cards at a time."""
+    from neuronscope.store import Store
+
+    units = Store(wide_report).table("examples", "units")
+    best = max(s if s is not None else -1 for s in units["selectivity"])
+    v = Visit(browser, wide_report.resolve().as_uri() + "/")
+    v.open("layers/1-2.html")
+    assert v.page.eval_on_selector_all("#grid a.unit", "c => c.length") == 256
+    v.page.click(".sorter button[data-key=sel]")
+    v.page.wait_for_function("document.getElementById('showing').textContent.startsWith('Showing')")
+    sel = v.page.eval_on_selector_all("#grid a.unit", "cards => cards.map(c => parseFloat(c.dataset.sel))")
+    assert len(sel) == 256 and sel == sorted(sel, reverse=True) and sel[0] == pytest.approx(best, abs=1e-6)
+    v.page.click("#more")
+    v.page.click("#more")
+    index = v.page.eval_on_selector_all("#grid a.unit", "cards => cards.map(c => parseInt(c.dataset.index))")
+    assert sorted(index) == list(range(600)), "every unit once, after two 'show more'"
+    assert v.page.is_hidden("#more")
+    v.page.click(".sorter button[data-key=index]")
+    assert v.page.eval_on_selector_all("#grid a.unit", "c => c.slice(0, 3).map(x => x.dataset.index)") == ["0", "1", "2"]
+    v.shot("file-wide-layer")
+    assert not v.errors, v.errors
+    v.page.close()

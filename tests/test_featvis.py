@@ -679,3 +679,21 @@ def test_interpolation_moves_from_one_unit_to_the_other():
     assert means[0, 0] > means[-1, 0] and means[-1, 1] > means[0, 1]
     with pytest.raises(NeuronscopeError, match="at least 2 frames"):
         interpolate(s, "3:0", "3:1", frames=1, progress=False)
+
+
+def test_neurons_at_different_places_render_in_one_batch_as_each_alone():
+    s = Subject(small_cnn(seed=5), (3, 16, 16), mean=0.5, std=0.5)
+    act = s.activations(random_inputs(3, (3, 16, 16)), ["2"])["2"]
+    places = [(1, 2), (5, 0), (3, 3)]
+    ctx = O.Context({"2": act}, None, torch.arange(3), torch.arange(3))
+    batched = O.neuron("2", [4, 1, 6], places)(ctx)
+    expected = torch.stack([act[i, c, y, x] for i, (c, (y, x)) in enumerate(zip([4, 1, 6], places))])
+    torch.testing.assert_close(batched, expected)
+    with pytest.raises(neuronscope.errors.OptionError, match="one per channel"):
+        O.neuron("2", [4, 1], places)
+    v = visualize(s, ["2:4@1,2", "2:1@5,0"], seeds=2, steps=24, diverse=0, negative=False, progress=False)
+    assert [r.target.address for r in v.results] == ["2:4@1,2", "2:1@5,0"]
+    for r, (c, (y, x)) in zip(v.results, [(4, (1, 2)), (1, (5, 0))]):
+        # each image was optimized (and scored) at its own neuron's place
+        a = s.activations(torch.as_tensor(r.images[:1]), ["2"])["2"]
+        assert float(r.values[0]) == pytest.approx(float(a[0, c, y, x]), rel=1e-4, abs=1e-5)

@@ -229,3 +229,23 @@ def test_user_strings_are_shown_as_text_on_every_page(tmp_path):
         assert EVIL not in html and "<img src=x" not in html, page
         shown += "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert shown >= 3, "the class name is shown, escaped"
+
+
+def test_a_wide_layer_is_paged_and_every_card_is_in_one_script_chunk(wide_report):
+    from conftest import WIDE_UNITS
+    from neuronscope.website.unit_pages import PER_PAGE
+
+    pages = sorted((wide_report / "layers").glob("1*.html"))
+    assert [p.name for p in pages] == ["1-2.html", "1-3.html", "1.html"]
+    cards = [len(re.findall(r'<a class="unit"', p.read_text())) for p in pages]
+    assert sorted(cards) == [WIDE_UNITS - 2 * PER_PAGE, PER_PAGE, PER_PAGE]
+    for p in pages:
+        html = p.read_text()
+        assert '"1-cards.js"' in html
+        assert all(f'href="{q.name}"' in html for q in pages if q != p), "each page links every other"
+    chunk = (wide_report / "layers" / "1-cards.js").read_text()
+    body = json.loads(chunk[chunk.index("] = ") + 4:].rstrip().rstrip(";"))
+    assert len(body) == WIDE_UNITS and all(c.startswith('<a class="unit"') for c in body)
+    assert len(list((wide_report / "units" / "1").glob("*.html"))) == WIDE_UNITS
+    # pages stay light: no page carries the whole layer
+    assert max(p.stat().st_size for p in wide_report.rglob("*.html")) < 400_000

@@ -26,7 +26,7 @@ INTRO = (
 
 
 #: The demo's budget: every analysis runs, with fewer units drawn than a user's default report.
-BUDGET = dict(featvis_units=4, featvis_steps=192, featvis_seeds=2, directions_featvis=4, attribution_inputs=12,
+BUDGET = dict(featvis_units=4, featvis_steps=128, featvis_seeds=2, directions_featvis=4, attribution_inputs=8,
               dictionary_steps=500)
 
 

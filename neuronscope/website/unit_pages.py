@@ -5,6 +5,7 @@ Reads only the store's "examples" section (units, examples and histogram tables,
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 
 from ..atomic import atomic_write
@@ -88,13 +89,21 @@ def context(store: Store, section: str = "examples") -> dict:
 def render_layers(store: Store, env, ctx: dict) -> None:
     """One page per layer (several for a layer with more than PER_PAGE units): its sortable grid."""
     template = env.get_template("layer.html")
+    cards = env.get_template("_grid.html").make_module(vars=ctx)
     for layer in ctx["ex_layers"]:
         units = layer["units_list"]
         parts = max(1, -(-len(units) // PER_PAGE))
         pages = [layer_page(layer["layer"], k + 1).split("/", 1)[1] for k in range(parts)]
+        chunk = None
+        if parts > 1:  # every card of the layer, for a sort across its pages (a script, not a fetch)
+            chunk = f"{slug(layer['layer'])}-cards.js"
+            body = json.dumps([str(cards.card(u, ctx["root"])).strip() for u in units])
+            atomic_write(store.root / "layers" / chunk, (
+                f"(window.neuronscopeCards = window.neuronscopeCards || {{}})[{json.dumps(layer['layer'])}] = {body};\n"
+            ).encode())
         for k in range(parts):
             page = template.render(**ctx, title=f"Layer {layer['layer']}", layer=layer, part=k + 1, pages=pages,
-                                   per_page=PER_PAGE, units=units[k * PER_PAGE:(k + 1) * PER_PAGE])
+                                   per_page=PER_PAGE, units=units[k * PER_PAGE:(k + 1) * PER_PAGE], chunk=chunk)
             atomic_write(store.root / layer_page(layer["layer"], k + 1), page.encode())
 
 

@@ -312,7 +312,13 @@ def _nnls(rows: np.ndarray, components: np.ndarray, seed: int) -> np.ndarray:
         return np.zeros((0, components.shape[0]))
     if rows.min() < 0:
         raise OptionError("NMF scores need non-negative activations (a ReLU output).")
-    w, _, _ = non_negative_factorization(
-        rows, H=np.ascontiguousarray(components, dtype=np.float64), n_components=components.shape[0],
-        init="custom", update_H=False, solver="cd", max_iter=1000, tol=1e-8, random_state=seed)
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings():
+        # A tight tolerance on a convex problem: at the iteration cap the coefficients are settled to
+        # far below what a ranking of examples can see, and the warning would repeat per batch.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        w, _, _ = non_negative_factorization(
+            rows, H=np.ascontiguousarray(components, dtype=np.float64), n_components=components.shape[0],
+            init="custom", update_H=False, solver="cd", max_iter=1000, tol=1e-8, random_state=seed)
     return w

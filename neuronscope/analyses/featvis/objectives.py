@@ -152,25 +152,40 @@ class Channel(Objective):
 
 
 class Neuron(Objective):
-    """One spatial position of a channel (the centre when no position is given)."""
+    """One spatial position of a channel (the centre when no position is given).
+
+    ``position`` is one ``(y, x)`` for every channel, or a list with one per channel, so neurons
+    at different places of one layer still render as one batch.
+    """
 
     kind = "neuron"
 
-    def __init__(self, layer: str, channels, position: Sequence[int] | None = None):
+    def __init__(self, layer: str, channels, position=None):
         self.layer = str(layer)
         self.channels = _indices(channels)
-        self.position = tuple(position) if position is not None else None
         self.n = len(self.channels)
+        per_target = position is not None and len(position) > 0 and hasattr(position[0], "__len__")
+        if per_target and len(position) != self.n:
+            raise OptionError(f"{len(position)} positions given for {self.n} channels: give one, or one per channel.")
+        self.positions = torch.as_tensor([tuple(p) for p in position], dtype=torch.long) if per_target else None
+        self.position = None if per_target or position is None else tuple(position)
+        if self.positions is not None:
+            where = "@" + ";".join(",".join(map(str, p)) for p in self.positions.tolist())
+        else:
+            where = "@" + ",".join(map(str, self.position)) if self.position else " (centre)"
         self.layers = frozenset([self.layer])
-        where = "@" + ",".join(map(str, self.position)) if self.position else " (centre)"
         self.description = f"neuron {self.layer}:{self.channels.tolist() if self.n > 1 else int(self.channels[0])}{where}"
 
     def __call__(self, ctx):
         a = ctx.acts[self.layer]
+        rows = torch.arange(a.shape[0], device=a.device)
         c = _pick(self.channels.to(a.device), ctx.target)
-        picked = a[torch.arange(a.shape[0], device=a.device), c]  # (B, *spatial)
+        picked = a[rows, c]  # (B, *spatial)
         if picked.ndim == 1:
             return picked
+        if self.positions is not None:
+            pos = self.positions.to(a.device)[ctx.target]  # (B, ndim)
+            return picked[(rows, *pos.unbind(1))]
         pos = self.position or tuple(s // 2 for s in picked.shape[1:])
         return picked[(slice(None), *pos)]
 
@@ -320,7 +335,7 @@ def channel(layer: str, channels) -> Channel:
     return Channel(layer, channels)
 
 
-def neuron(layer: str, channels, position: Sequence[int] | None = None) -> Neuron:
+def neuron(layer: str, channels, position=None) -> Neuron:
     return Neuron(layer, channels, position)
 
 

@@ -263,10 +263,8 @@ def _objective(subject: Subject, targets: list[Target], class_idx, directions, c
         vecs = np.stack([d.read[i] for d, i in (subject.direction(t.address) for t in targets)])
         return O.direction(layer, vecs, names=[t.address for t in targets])
     if kind == "neuron":
-        positions = {subject.resolve(t.address).position for t in targets}
-        if len(positions) > 1:
-            raise NeuronscopeError("neurons visualized together must share one position; make one call per position.")
-        return O.neuron(layer, [t.index for t in targets], positions.pop())
+        positions = [subject.resolve(t.address).position for t in targets]
+        return O.neuron(layer, [t.index for t in targets], positions[0] if len(set(positions)) == 1 else positions)
     return O.channel(layer, [t.index for t in targets])
 
 
