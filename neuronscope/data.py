@@ -97,26 +97,29 @@ class Dataset:
         """The examples at these positions, leaving out (and recording) any that can't be read."""
         raise NotImplementedError
 
-    def batches(self, batch_size: int = 64, *, limit: int | None = None, start: int = 0) -> Iterator[Batch]:
+    def batches(self, batch_size: int = 64, *, limit: int | None = None, start: int = 0,
+                stop: int | None = None) -> Iterator[Batch]:
         """Stream the examples in order, ``batch_size`` at a time, at most ``limit`` in all.
 
         Every batch but the last is full: unreadable items are skipped and replaced by the next.
-        ``start`` skips that many listed items (a resumed pass starts where it stopped); each
-        batch's ``stop`` is the listed position just after it.
+        ``start`` skips that many listed items (a resumed pass starts where it stopped) and
+        ``stop`` ends before that listed position (a shard); each batch's ``stop`` is the listed
+        position just after it.
         """
         if batch_size < 1:
             raise DataError(f"batch_size must be at least 1, got {batch_size}.")
-        total = len(self) if limit is None else min(int(limit), len(self))
+        end = len(self) if stop is None else min(int(stop), len(self))
+        total = end if limit is None else min(int(limit), end)
         pos, done, pending = start, 0, []
-        while pos < len(self) and done < total:
+        while pos < end and done < total:
             have = sum(len(b) for b in pending)
             want = min(batch_size - have, total - done - have)
-            pending.append(self._load(range(pos, min(pos + want, len(self)))))
+            pending.append(self._load(range(pos, min(pos + want, end))))
             pos += want
             have = sum(len(b) for b in pending)
-            if have and (have == batch_size or have == total - done or pos >= len(self)):
+            if have and (have == batch_size or have == total - done or pos >= end):
                 batch = Batch.cat(pending)
-                batch.stop = min(pos, len(self))
+                batch.stop = min(pos, end)
                 pending, done = [], done + len(batch)
                 yield batch
 
@@ -233,6 +236,10 @@ class ImageFolder(Dataset):
     #: Decoded images are kept (per dataset) up to this many bytes: the report reads the same
     #: files in a dozen passes, and decoding would otherwise be a large part of each one.
     cache_bytes = 256 * 2**20
+
+    def __getstate__(self) -> dict:
+        # Sent to worker processes (neuronscope.engines) without the decoded images: they read their own.
+        return {k: v for k, v in self.__dict__.items() if k not in ("_decoded", "_decoded_bytes")}
 
     def _read(self, file: Path) -> torch.Tensor:
         cache = self.__dict__.setdefault("_decoded", {})

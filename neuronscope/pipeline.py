@@ -19,7 +19,8 @@ from .analyses.examples import examples_reducer, finish_examples, reduce_activat
 from .analyses.filters import analyze_filters
 from .analyses.overview import overview
 from .analyses.sanity import SanityReducer
-from .analyses.stream import run_pass
+from .analyses.stream import clear_checkpoint, run_pass
+from .engines import get_engine
 from .errors import NeuronscopeError, UnsupportedError
 from .store import Store, content_hash, model_hash
 
@@ -54,6 +55,7 @@ class ReportOptions:
     dictionary_steps: int = 500  # training steps of the sparse dictionary (0: no dictionary)
     directions_featvis: int = 8  # dictionary features drawn (every factor is drawn)
     shortcuts: bool = True  # image classifiers: look for a shortcut behind each class and test it causally
+    engine: object = None  # where the data pass runs: None (this process), "ray", or a neuronscope.engines engine
 
     def wants(self, section: str) -> bool:
         return self.sections is None or section in self.sections
@@ -150,7 +152,8 @@ def analyze(subject, data, out: str | Path, options: ReportOptions | None = None
         checkpoint = store.root / ".pass-checkpoint.npz"
         run_pass(subject, data, layers if "examples" in reducers else [], reducers, reduce=reduce_activation, limit=opts.limit,
                  batch_size=opts.batch_size, checkpoint=checkpoint,
-                 key=content_hash(k_sanity, k_examples, sorted(reducers)), progress=opts.progress)
+                 key=content_hash(k_sanity, k_examples, sorted(reducers)), progress=opts.progress,
+                 engine=get_engine(opts.engine))
         # The shared pass's time goes to the examples (stored first when both ran): it is their cost.
         if "examples" in reducers:
             _say("drawing dataset examples...", opts.progress)
@@ -162,7 +165,7 @@ def analyze(subject, data, out: str | Path, options: ReportOptions | None = None
             save("sanity", result, k_sanity)
             if result.warning:
                 _say("WARNING: " + result.warning, True)
-        checkpoint.unlink(missing_ok=True)
+        clear_checkpoint(checkpoint)
     if data.skipped:
         _say(f"{len(data.skipped)} unreadable example(s) skipped; the report lists them.", opts.progress)
         store.set_info(data=data.summary())

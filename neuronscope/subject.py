@@ -355,6 +355,15 @@ class Subject:
             for p, g in zip(params, grads):
                 p.requires_grad_(g)
 
+    def recipe(self) -> dict:
+        """How this Subject feeds its model, as ``Subject(model, **recipe)`` arguments: a worker
+        process rebuilds it around its own copy of the network (see ``neuronscope.engines``)."""
+        as_list = lambda t: None if t is None else t.detach().cpu().tolist()  # noqa: E731
+        return dict(input_shape=self.input_shape, value_range=self.value_range, mean=as_list(self.mean),
+                    std=as_list(self.std), classes=self._classes, columns=self.columns, output=self.output,
+                    task=self._task, name=self.name, hookable=self.hookable, fixed_batch=self.fixed_batch,
+                    notes=list(self.notes))
+
     def with_model(self, model: nn.Module) -> "Subject":
         """The same subject (feeding, classes, layer names) around another copy of the network.
 

@@ -571,18 +571,21 @@ class ExamplesResult(NotebookMixin):
 
 def examples(subject, data, layers: Sequence[str] | None = None, *, k: int = 16, reduce: str = "max",
              limit: int | None = None, batch_size: int = 64, pictures: bool = True, max_units: int | None = 64,
-             checkpoint=None, progress: bool = True) -> ExamplesResult:
+             checkpoint=None, progress: bool = True, engine=None) -> ExamplesResult:
     """Which real inputs excite each unit of ``layers`` (default: the Subject's default layers).
 
     One streaming pass; ``reduce`` ranks examples by each unit's spatial ``"max"`` or ``"mean"``.
-    With ``checkpoint`` (a file path) an interrupted pass resumes where it stopped.
+    With ``checkpoint`` (a file path) an interrupted pass resumes where it stopped. ``engine="ray"``
+    (or a :class:`~neuronscope.engines.ray_engine.RayEngine`) shards the pass over a Ray cluster.
     """
+    from ..engines import get_engine
     from .stream import run_pass
 
     reducer = examples_reducer(subject, data, layers, k=k, reduce=reduce)
     key = _pass_key(subject, data, reducer, limit)
     run_pass(subject, data, [s.name for s in reducer.specs], {"examples": reducer}, reduce=reduce_activation, limit=limit,
-             batch_size=batch_size, checkpoint=checkpoint, key=key, desc="dataset examples", progress=progress)
+             batch_size=batch_size, checkpoint=checkpoint, key=key, desc="dataset examples", progress=progress,
+             engine=get_engine(engine))
     return finish_examples(reducer, subject, data, pictures=pictures, max_units=max_units)
 
 

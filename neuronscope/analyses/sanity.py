@@ -103,6 +103,15 @@ class SanityReducer:
                 "conf": cat(self.conf, np.float64),
                 "out": np.concatenate(self.out) if self.out else np.zeros((0, 1)), "labelled": self.labelled}
 
+    def merge(self, other: "SanityReducer") -> "SanityReducer":
+        """This shard's examples followed by ``other``'s (merged in data order, the result is the one pass's)."""
+        out = SanityReducer(self.subject, self.n_errors)
+        out.ids = self.ids + other.ids
+        out.y, out.pred, out.conf, out.out = (self.y + other.y, self.pred + other.pred, self.conf + other.conf,
+                                              self.out + other.out)
+        out.labelled = self.labelled and other.labelled
+        return out
+
     def load_state_dict(self, state: dict) -> None:
         self.ids = [str(i) for i in state["ids"]]
         self.y = [state["y"]] if len(state["y"]) else []

@@ -30,19 +30,19 @@ class Step:
 
 
 def stream(subject, data, layers: Sequence[str] = (), *, limit: int | None = None, start: int = 0,
-           batch_size: int = 64, reduce=None, desc: str = "forward pass", progress: bool = True,
-           spread: bool = False) -> Iterator[Step]:
+           stop: int | None = None, batch_size: int = 64, reduce=None, desc: str = "forward pass",
+           progress: bool = True, spread: bool = False) -> Iterator[Step]:
     """Yield one :class:`Step` per batch: a single forward pass gives activations and outputs.
 
     With ``reduce`` the activations are what it returns for each layer output, computed inside
     the hook (no copy of the feature maps). With ``spread`` a ``limit`` smaller than the data takes
     examples spread evenly over it (:func:`spread_batches`) rather than the first ones."""
-    remaining = max(len(data) - start, 0)
+    remaining = max((len(data) if stop is None else min(stop, len(data))) - start, 0)
     total = min(remaining, limit) if limit is not None else remaining
     bar = progress_bar(total=total, desc=desc, unit="ex", enabled=progress)
     try:
         batches = spread_batches(data, limit, batch_size) if spread and start == 0 else \
-            data.batches(batch_size, limit=limit, start=start)
+            data.batches(batch_size, limit=limit, start=start, stop=stop)
         for batch in batches:
             with torch.no_grad():
                 if layers:
@@ -86,14 +86,20 @@ def spread_batches(data, limit: int | None, batch_size: int = 64) -> Iterator:
 
 def run_pass(subject, data, layers: Sequence[str], reducers: Mapping[str, object], *,
              reduce=None, limit: int | None = None, batch_size: int = 64, checkpoint: Path | None = None,
-             key: str = "", every_s: float = 30.0, desc: str = "data pass", progress: bool = True) -> int:
+             key: str = "", every_s: float = 30.0, desc: str = "data pass", progress: bool = True,
+             engine=None) -> int:
     """Feed every reducer (``add(step)``) from one pass; returns the number of examples seen.
 
     With ``checkpoint``, reducer states (``state_dict()``/``load_state_dict()``) are saved there
     at most every ``every_s`` seconds; a later call with the same ``key`` resumes from them.
     A reducer with a false ``ready`` attribute (still collecting its calibration sample) holds
-    the checkpoint back. The caller removes the checkpoint once the results are safely stored.
+    the checkpoint back. The caller removes the checkpoint once the results are safely stored
+    (:func:`clear_checkpoint`). ``engine`` (see :mod:`neuronscope.engines`) runs the pass
+    elsewhere, sharded, with the same result.
     """
+    if engine is not None:
+        return engine.run_pass(subject, data, layers, reducers, reduce=reduce, limit=limit, batch_size=batch_size,
+                               checkpoint=checkpoint, key=key, desc=desc, progress=progress)
     start = done = 0
     if checkpoint is not None and Path(checkpoint).exists():
         with np.load(checkpoint, allow_pickle=False) as saved:
@@ -126,3 +132,11 @@ def save_checkpoint(path: Path, reducers: Mapping[str, object], *, key: str, sto
     buf = io.BytesIO()
     np.savez(buf, **state)
     atomic_write(path, buf.getvalue())
+
+
+def clear_checkpoint(checkpoint: Path) -> None:
+    """Remove a finished pass's checkpoint (and a sharded pass's finished shards beside it)."""
+    import shutil
+
+    Path(checkpoint).unlink(missing_ok=True)
+    shutil.rmtree(Path(checkpoint).parent / f"{Path(checkpoint).name}.shards", ignore_errors=True)

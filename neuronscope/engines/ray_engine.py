@@ -1,0 +1,355 @@
+"""The data pass sharded over a Ray cluster, with results equal to one process.
+
+Ray (Moritz et al. 2018, "Ray: A Distributed Framework for Emerging AI Applications", OSDI) runs
+the same code on a laptop and on a cluster. Here:
+
+- **Workers** are actors that hold the model once: the user's module is put in the object store
+  once (or, given ``model_spec``, each worker loads it from the ``MODEL`` spec the user gave), the
+  data object likewise; tasks carry only positions. A worker gets a GPU when the cluster has them.
+- **Shards** are ranges of listed positions, :data:`SHARD` examples each (fixed, so a resumed
+  run finds the same shards whatever the number of workers). Each worker feeds the unchanged
+  reducers (dataset examples, model sanity) on its shard and returns their states; the driver
+  merges them in shard order. The histogram edges come first, from the same calibration sample
+  the one-process pass uses, so every shard bins alike.
+- **Equal to one process**: the same examples at the same ranks, the same counts and range
+  samples; means and other sums equal to float64 rounding (the reducers' merge semantics).
+- **Failures**: a worker that dies is restarted and its shard rerun from its start (Ray's actor
+  restarts and task retries). Every finished shard is written atomically beside the pass
+  checkpoint, so an interrupted driver resumes without redoing finished shards.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic import atomic_write
+from ..errors import NeuronscopeError, OptionError, UnsupportedError
+from ..progress import progress_bar
+
+#: Examples per shard of the data pass.
+SHARD = 2048
+#: Times a shard is rerun on a fresh worker after the one running it died.
+RETRIES = 3
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The model as the user named it (``file.py:factory`` + weights, a TorchScript or export file):
+    each worker loads it itself instead of receiving the driver's copy."""
+
+    spec: str
+    weights: str | None = None
+    allow_pickle: bool = False
+
+
+# ----------------------------------------------------------------------------- reducers, shard by shard
+def _blank(reducer) -> tuple[str, dict]:
+    """How to build an empty copy of ``reducer`` on a worker (reducers that hold the Subject are
+    rebuilt around the worker's own)."""
+    from ..analyses.examples import ExamplesReducer
+    from ..analyses.sanity import SanityReducer
+
+    if isinstance(reducer, ExamplesReducer):
+        return "examples", dict(specs=reducer.specs, k=reducer.k, classes=reducer.classes, reduce=reducer.reduce,
+                                range_bins=reducer.range_bins, per_bin=reducer.per_bin,
+                                calibration=reducer.calibration, edges=reducer.edges, columns=reducer.columns)
+    if isinstance(reducer, SanityReducer):
+        return "sanity", dict(n_errors=reducer.n_errors)
+    raise UnsupportedError(f"The Ray engine cannot shard a {type(reducer).__name__}: it has no merge.")
+
+
+def _build(blank: tuple[str, dict], subject):
+    from ..analyses.examples import ExamplesReducer
+    from ..analyses.sanity import SanityReducer
+
+    kind, kw = blank
+    if kind == "examples":
+        kw = dict(kw)
+        return ExamplesReducer(kw.pop("specs"), **kw)
+    return SanityReducer(subject, **kw)
+
+
+def _flatten(states: dict[str, dict]) -> dict[str, np.ndarray]:
+    return {f"{name}::{k}": np.asarray(v) for name, st in states.items() for k, v in st.items()}
+
+
+def _unflatten(flat: dict[str, np.ndarray]) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for key, v in flat.items():
+        name, k = key.split("::", 1)
+        out.setdefault(name, {})[k] = v
+    return out
+
+
+# ----------------------------------------------------------------------------- the worker
+class PassWorker:
+    """One Ray actor: the Subject and the data, rebuilt once, running shards of the data pass."""
+
+    def __init__(self, model, recipe: dict, directions: list, data, threads: int):
+        import ray
+        import torch
+
+        from ..subject import Subject
+
+        # [ref] arrives unresolved: the actor fetches the model and data itself, so a restarted
+        # actor fetches them again from the refs the driver keeps
+        model, data = (ray.get(v[0]) if isinstance(v, list) else v for v in (model, data))
+        if isinstance(model, ModelSpec):
+            from ..loading import load_model
+
+            model = load_model(model.spec, weights=model.weights, allow_pickle=model.allow_pickle).module
+        torch.set_num_threads(max(1, int(threads)))
+        device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else None
+        self.subject = Subject(model, **recipe, device=device)
+        for d in directions:
+            self.subject.add_directions(d)
+        self.data = data
+
+    def calibrate(self, limit, layers, blanks, batch_size, reduce) -> dict:
+        """The histogram edges of every examples reducer, from the same first examples the
+        one-process pass calibrates on."""
+        from ..analyses.stream import stream
+
+        reducers = {n: _build(b, self.subject) for n, b in blanks.items() if b[0] == "examples"}
+        for step in stream(self.subject, self.data, layers, limit=limit, batch_size=batch_size, reduce=reduce,
+                           progress=False):
+            for red in reducers.values():
+                red.add(step)
+            if all(red.ready for red in reducers.values()):
+                break
+        for red in reducers.values():
+            red.finish()
+        return {n: red.edges for n, red in reducers.items()}
+
+    def shard(self, span, layers, blanks, batch_size, reduce):
+        """Feed fresh reducers from positions ``span = (start, stop, limit)``: [start, stop), at most
+        ``limit`` examples (None: all)."""
+        from ..analyses.stream import stream
+
+        start, stop, limit = span
+        reducers = {n: _build(b, self.subject) for n, b in blanks.items()}
+        done, end = 0, start
+        for step in stream(self.subject, self.data, layers, start=start, stop=stop, limit=limit,
+                           batch_size=batch_size, reduce=reduce, progress=False):
+            for red in reducers.values():
+                red.add(step)
+            done += len(step.batch.ids)
+            end = step.batch.stop
+        states = {n: red.state_dict() for n, red in reducers.items()}
+        return done, end, _flatten(states)
+
+
+# ----------------------------------------------------------------------------- the driver
+class RayEngine:
+    """Runs the data pass on a Ray cluster: ``address`` (``"auto"``, ``"ray://host:10001"``) or,
+    when None, a local cluster started here. ``workers`` defaults to one per GPU, or one per two
+    CPUs (at least one); ``model_spec`` (a :class:`ModelSpec`) lets workers load the model the way
+    the user named it rather than from the object store."""
+
+    def __init__(self, address: str | None = None, workers: int | None = None, *, model_spec=None,
+                 shard_size: int = SHARD, num_cpus: int | None = None):
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise NeuronscopeError("The Ray engine needs Ray: pip install 'neuronscope[ray]'.")
+        if workers is not None and int(workers) < 1:
+            raise OptionError(f"workers must be at least 1, got {workers}.")
+        if int(shard_size) < 1:
+            raise OptionError(f"shard_size must be at least 1, got {shard_size}.")
+        self.address, self.workers, self.shard_size, self.num_cpus = address, workers, int(shard_size), num_cpus
+        self.model_spec = model_spec if model_spec is None or isinstance(model_spec, ModelSpec) else ModelSpec(
+            *model_spec) if isinstance(model_spec, (tuple, list)) else ModelSpec(str(model_spec))
+        self._pool_key, self._spawn = None, None
+        self._actors: list = []
+        self.last: dict = {}  # what the last pass did: shards run, reused, workers
+
+    # -------------------------------------------------------------- cluster and workers
+    def _init(self):
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address=self.address, num_cpus=self.num_cpus if self.address is None else None,
+                     include_dashboard=False, ignore_reinit_error=True, logging_level="ERROR",
+                     configure_logging=True, log_to_driver=False)
+        return ray
+
+    def _workers(self, subject, data) -> list:
+        ray = self._init()
+        key = (id(subject), id(subject.model), id(data))
+        if key == self._pool_key and self._actors:
+            return self._actors
+        self.shutdown_workers()
+        res = ray.cluster_resources()
+        gpus, cpus = int(res.get("GPU", 0)), max(1, int(res.get("CPU", 1)))
+        n = self.workers or (gpus if gpus else max(1, cpus // 2))
+        per_cpu = max(1, cpus // n) if not gpus else 1
+        if self.model_spec is None:
+            _pickle_user_code_by_value(subject.model)
+        model = self.model_spec if self.model_spec is not None else [ray.put(subject.model)]  # once, not per task
+        args = (model, subject.recipe(), subject.direction_sets(), [ray.put(data)], per_cpu)
+        options = dict(num_cpus=per_cpu, num_gpus=1 if gpus else 0)
+        self._spawn = lambda: ray.remote(PassWorker).options(**options).remote(*args)
+        self._actors = [self._spawn() for _ in range(n)]
+        self._pool_key = key
+        return self._actors
+
+    def _map(self, method: str, items: list, *args):
+        """Yield ``(item, result)`` as workers finish ``method(item, *args)``; a worker that dies is
+        replaced and its item rerun from the start (up to :data:`RETRIES` times)."""
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        pending, running, tries = list(items)[::-1], {}, {}
+
+        def submit(i):
+            if pending:
+                item = pending.pop()
+                running[getattr(self._actors[i], method).remote(item, *args)] = (i, item)
+
+        for i in range(len(self._actors)):
+            submit(i)
+        while running:
+            (ref,), _ = ray.wait(list(running), num_returns=1)
+            i, item = running.pop(ref)
+            try:
+                result = ray.get(ref)
+            except RayActorError:
+                tries[item] = tries.get(item, 0) + 1
+                if tries[item] > RETRIES:
+                    raise NeuronscopeError(f"A Ray worker died {tries[item]} times on {item}; giving up.") from None
+                self._actors[i] = self._spawn()
+                pending.append(item)
+            except RayTaskError as e:
+                cause = getattr(e, "cause", None)
+                raise (cause if isinstance(cause, NeuronscopeError) else e) from None
+            else:
+                yield item, result
+            submit(i)
+
+    def shutdown_workers(self) -> None:
+        if self._actors:
+            import ray
+
+            for a in self._actors:
+                ray.kill(a)
+        self._actors, self._pool_key, self._spawn = [], None, None
+
+    # -------------------------------------------------------------- the pass
+    def run_pass(self, subject, data, layers, reducers, *, reduce=None, limit=None, batch_size=64,
+                 checkpoint=None, key="", desc="data pass", progress=True, every_s=None) -> int:
+        """Fill ``reducers`` as :func:`~neuronscope.analyses.stream.run_pass` would, shard by shard."""
+        layers = list(layers)
+        blanks = {n: _blank(r) for n, r in reducers.items()}
+        folder = shard_folder(checkpoint, key) if checkpoint is not None else None
+        actors = self._workers(subject, data)
+        end = len(data) if limit is None else min(int(limit), len(data))
+        size = max(int(batch_size), -(-self.shard_size // batch_size) * batch_size)  # whole batches
+
+        needs_edges = [n for n, b in blanks.items() if b[0] == "examples" and b[1]["edges"] is None]
+        if needs_edges:
+            edges = _load(folder / "edges.npz") if folder is not None and (folder / "edges.npz").exists() else None
+            if edges is None:
+                [(_, edges)] = self._map("calibrate", [limit], layers, blanks, batch_size, reduce)
+                if folder is not None:
+                    _save(folder / "edges.npz", {f"{n}::{layer}::{i}": e[i] for n, ed in edges.items()
+                                                 for layer, e in ed.items() for i in (0, 1)})
+            else:
+                edges = _edges_from(edges)
+            for n in needs_edges:
+                blanks[n][1]["edges"] = edges[n]
+
+        shards = [(s, min(s + size, end)) for s in range(0, end, size)]
+        results: dict[tuple[int, int], tuple] = {}
+        for s, e in shards:
+            f = folder / f"{s:012d}-{e:012d}.npz" if folder is not None else None
+            if f is not None and f.exists():
+                saved = _load(f)
+                results[(s, e)] = (int(saved.pop("_done")), int(saved.pop("_end")), saved)
+        reused = len(results)
+        bar = progress_bar(total=end, desc=f"{desc} ({len(actors)} Ray workers)", unit="ex", enabled=progress)
+        bar.update(sum(r[0] for r in results.values()))
+        todo = [sh for sh in shards if sh not in results]
+        try:
+            for (s, e, _), (done, stop, flat) in self._map("shard", [(s, e, None) for s, e in todo],
+                                                           layers, blanks, batch_size, reduce):
+                results[(s, e)] = (done, stop, flat)
+                if folder is not None:
+                    _save(folder / f"{s:012d}-{e:012d}.npz", {**flat, "_done": np.array(done), "_end": np.array(stop)})
+                bar.update(done)
+            seen = sum(results[sh][0] for sh in shards)
+            if limit is not None and seen < int(limit) and end < len(data):
+                # unreadable examples inside the first `limit` positions: the one-process pass reads on
+                [(_, (done, stop, flat))] = self._map("shard", [(end, None, int(limit) - seen)], layers, blanks,
+                                                      batch_size, reduce)
+                shards.append((end, len(data)))
+                results[(end, len(data))] = (done, stop, flat)
+                bar.update(done)
+        finally:
+            bar.close()
+
+        merged: dict = {}
+        for sh in shards:
+            states = _unflatten(results[sh][2])
+            for name, state in states.items():
+                part = _build(blanks[name], subject)
+                part.load_state_dict(state)
+                merged[name] = part if name not in merged else merged[name].merge(part)
+        for name, red in reducers.items():
+            if name in merged:
+                red.load_state_dict(merged[name].state_dict())
+        self.last = {"shards": len(shards), "reused": reused, "workers": len(actors),
+                     "received_bytes": int(sum(v.nbytes for r in results.values() for v in r[2].values()))}
+        return sum(results[sh][0] for sh in shards)
+
+
+def _pickle_user_code_by_value(model) -> None:
+    """The classes of a model loaded from the user's file (``file.py:factory``), a script or a
+    notebook live in modules workers cannot import: send their code with the model instead."""
+    import sys
+
+    from ray import cloudpickle
+
+    prefixes = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, Path(__file__).parents[1])}
+    for m in model.modules():
+        mod = sys.modules.get(type(m).__module__)
+        if mod is None or mod.__name__ == "__main__":
+            continue
+        origin = getattr(mod, "__file__", None)
+        user = mod.__name__.startswith("_neuronscope_user_") or (
+            origin is not None and not any(Path(origin).resolve().is_relative_to(p) for p in prefixes))
+        if user:
+            cloudpickle.register_pickle_by_value(mod)
+
+
+def shard_folder(checkpoint, key: str) -> Path:
+    """Where a sharded pass keeps its finished shards: beside the pass checkpoint, per pass key."""
+    from ..store import content_hash
+
+    checkpoint = Path(checkpoint)
+    return checkpoint.parent / f"{checkpoint.name}.shards" / content_hash(key)
+
+
+def _save(path: Path, arrays: dict) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write(path, buf.getvalue())
+
+
+def _load(path: Path) -> dict:
+    with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
+def _edges_from(flat: dict) -> dict:
+    out: dict = {}
+    for key, v in flat.items():
+        name, layer, i = key.rsplit("::", 2)
+        out.setdefault(name, {}).setdefault(layer, [None, None])[int(i)] = v
+    return {n: {layer: tuple(e) for layer, e in ed.items()} for n, ed in out.items()}
+
+
+__all__ = ["RayEngine", "ModelSpec", "SHARD", "shard_folder"]
