@@ -112,6 +112,17 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool) -> None:
     g.add_argument("--limit", type=int, metavar="N", help="use at most N examples for the data pass (default: all)")
 
 
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("cluster (the data pass behind the dataset examples)")
+    g.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="run it in this process, or sharded over a Ray cluster with the same results "
+                        "(needs pip install 'neuronscope[ray]'; default: local)")
+    g.add_argument("--address", metavar="ADDR", help="the Ray cluster to join, e.g. auto or ray://head:10001 "
+                                                     "(default: start a local one)")
+    g.add_argument("--workers", type=int, metavar="N", help="Ray workers, each holding the model once "
+                                                            "(default: one per GPU, else one per two CPUs)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = lambda prog: argparse.RawDescriptionHelpFormatter(prog, max_help_position=30)  # noqa: E731
     parser = argparse.ArgumentParser(prog="neuronscope", description=DESCRIPTION, epilog=EPILOG, formatter_class=fmt)
@@ -145,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                                              "(default: 256)")
     p.add_argument("--explain", type=int, default=12, metavar="N",
                    help="inputs explained by attribution, spread over classes, with trust checks (default: 12; 0 skips)")
+    _add_engine_args(p)
 
     p = sub.add_parser("examples", help="find the real inputs that excite each unit most", formatter_class=fmt,
                        description="One streaming pass over the data: for every unit of the chosen layers, its "
@@ -160,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score a conv unit on an example by its map's max or mean (default: max)")
     p.add_argument("--pictures", type=int, default=64, metavar="N", help="units per layer that get pictures (default: 64)")
     p.add_argument("--batch-size", type=int, default=64, metavar="N", help="examples per forward pass (default: 64)")
+    _add_engine_args(p)
 
     p = sub.add_parser("directions", help="look at a layer as a space: factors, a sparse dictionary, random directions",
                        formatter_class=fmt,
@@ -333,6 +346,13 @@ def _report(args) -> int:
     layers = getattr(args, "layers", None)
     opts = ReportOptions(layers=layers.split(",") if layers else None, limit=args.limit,
                          batch_size=getattr(args, "batch_size", 64), progress=not args.quiet)
+    if getattr(args, "engine", "local") != "local":
+        from .engines import get_engine
+        from .engines.ray_engine import ModelSpec
+
+        # workers load the model the way it was given here, rather than receiving this process's copy
+        opts.engine = get_engine(args.engine, address=args.address, workers=args.workers,
+                                 model_spec=ModelSpec(str(args.model), args.weights, args.trust_pickle))
     if args.command == "examples":
         opts.k, opts.reduce, opts.max_units = args.k, args.reduce, args.pictures
         opts.sections = ("overview", "examples")

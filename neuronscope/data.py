@@ -176,9 +176,9 @@ class ImageFolder(Dataset):
             raise DataError(f"value_range must be (low, high) with low < high, got {value_range}.")
         self._range = (lo, hi)
         if root.is_file():
-            self._root, files, found = root.parent, [root.name], None
+            self._root, files, found = root.parent.resolve(), [root.name], None
         else:
-            self._root = root
+            self._root = root.resolve()  # absolute: worker processes may run elsewhere
             files, found = self._list(root)
         if not files:
             raise DataError(f"no images found in {root} (looked for "

@@ -17,14 +17,15 @@ import torch
 
 from .. import imaging
 from ..errors import NeuronscopeError
+from .reducers import Moments
 from .stream import stream
 
 
 class UnitStats:
     """Streaming, mergeable statistics of every unit of one layer.
 
-    Per unit: number of examples, sum and sum of squares of the per-example mean activation (in
-    float64), largest activation, examples on which the unit is active (spatial max above
+    Per unit: number of examples, mean and spread (:class:`~.reducers.Moments`, float64) of the
+    per-example mean activation, largest activation, examples on which the unit is active (spatial max above
     ``threshold``), and the fraction of exactly-zero activation values (sparsity). Memory is
     O(units); ``merge`` of two shards equals one pass over both. After dissect's RunningStats.
     """
@@ -32,8 +33,7 @@ class UnitStats:
     def __init__(self, channels: int, threshold: float = 0.0):
         self.threshold = threshold
         self.n = 0
-        self.sum = np.zeros(channels)
-        self.sumsq = np.zeros(channels)
+        self.moments = Moments(channels)  # of the per-example mean activation
         self.max = np.full(channels, -np.inf)
         self.active = np.zeros(channels, dtype=np.int64)
         self.zeros = np.zeros(channels, dtype=np.int64)
@@ -49,36 +49,37 @@ class UnitStats:
         """Add a batch already reduced to (B, U): spatial means, maxima, zero counts."""
         self.n += means.shape[0]
         self.values += means.shape[0] * per_example
-        self.sum += means.sum(0)
-        self.sumsq += (means**2).sum(0)
+        self.moments.add(means)
         self.max = np.maximum(self.max, maxes.max(0))
         self.active += (maxes > self.threshold).sum(0)
         self.zeros += zeros.sum(0)
 
     def merge(self, other: UnitStats) -> UnitStats:
-        out = UnitStats(len(self.sum), self.threshold)
+        out = UnitStats(len(self.max), self.threshold)
         out.n, out.values = self.n + other.n, self.values + other.values
-        out.sum, out.sumsq = self.sum + other.sum, self.sumsq + other.sumsq
+        out.moments = self.moments.merge(other.moments)
         out.max = np.maximum(self.max, other.max)
         out.active, out.zeros = self.active + other.active, self.zeros + other.zeros
         return out
 
     def state_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("threshold", "n", "values", "sum", "sumsq", "max", "active", "zeros")}
+        state = {k: getattr(self, k) for k in ("threshold", "n", "values", "max", "active", "zeros")}
+        return {**state, **{f"moments.{k}": v for k, v in self.moments.state_dict().items()}}
 
     @classmethod
     def from_state_dict(cls, state: dict) -> UnitStats:
-        out = cls(len(state["sum"]), state["threshold"])
+        out = cls(len(state["max"]), state["threshold"])
         for k, v in state.items():
-            setattr(out, k, np.asarray(v) if isinstance(v, (list, np.ndarray)) else v)
+            if not k.startswith("moments."):
+                setattr(out, k, np.asarray(v) if isinstance(v, (list, np.ndarray)) else v)
+        out.moments = Moments.from_state_dict({k: state[f"moments.{k}"] for k in ("n", "mean", "m2")})
         return out
 
     def result(self) -> dict[str, np.ndarray]:
         n = max(self.n, 1)
-        mean = self.sum / n
         return {
-            "mean": mean,
-            "std": np.sqrt(np.maximum(self.sumsq / n - mean**2, 0.0)),
+            "mean": self.moments.mean,
+            "std": self.moments.std(),
             "max": self.max,
             "active_fraction": self.active / n,
             "sparsity": self.zeros / max(self.values, 1),

@@ -19,7 +19,7 @@ import torch
 
 from ..errors import NeuronscopeError
 from .activations import LayerStatsResult, UnitStats
-from .reducers import Histogram, KeepBest, calibrate_edges, id_keys
+from .reducers import Histogram, KeepBest, Moments, calibrate_edges, id_keys
 from .sketch import QuantileSketch
 from ..notebook import NotebookMixin
 
@@ -89,8 +89,7 @@ class LayerExamples:
         self.sketch = QuantileSketch(u)
         self.stats = UnitStats(u)
         self.n = 0
-        self.score_sum = np.zeros(u)
-        self.score_sumsq = np.zeros(u)
+        self.moments = Moments(u)
         self.class_count = np.zeros(n_classes, dtype=np.int64)
         self.class_sum = np.zeros((n_classes, u))
 
@@ -109,8 +108,7 @@ class LayerExamples:
         self.sketch.add(scores)
         self.stats.add_reduced(means, maxes, zeros, per_example)
         self.n += b
-        self.score_sum += scores.sum(0)
-        self.score_sumsq += (scores**2).sum(0)
+        self.moments.add(scores)
         if labels is not None and len(self.class_count):
             onehot = np.zeros((b, len(self.class_count)))
             onehot[np.arange(b), labels] = 1.0
@@ -124,14 +122,13 @@ class LayerExamples:
         out.ranged, out.hist = self.ranged.merge(other.ranged), self.hist.merge(other.hist)
         out.sketch, out.stats = self.sketch.merge(other.sketch), self.stats.merge(other.stats)
         out.n = self.n + other.n
-        out.score_sum, out.score_sumsq = self.score_sum + other.score_sum, self.score_sumsq + other.score_sumsq
+        out.moments = self.moments.merge(other.moments)
         out.class_count, out.class_sum = self.class_count + other.class_count, self.class_sum + other.class_sum
         return out
 
     def state_dict(self) -> dict:
-        state = {"n": self.n, "score_sum": self.score_sum, "score_sumsq": self.score_sumsq,
-                 "class_count": self.class_count, "class_sum": self.class_sum}
-        for name in ("top", "bottom", "ranged", "hist", "sketch", "stats"):
+        state = {"n": self.n, "class_count": self.class_count, "class_sum": self.class_sum}
+        for name in ("top", "bottom", "ranged", "hist", "sketch", "stats", "moments"):
             for k, v in getattr(self, name).state_dict().items():
                 state[f"{name}/{k}"] = v
         return state
@@ -145,7 +142,7 @@ class LayerExamples:
         self.sketch = QuantileSketch.from_state_dict(part("sketch"))
         self.stats = UnitStats.from_state_dict(part("stats"))
         self.n = int(state["n"])
-        self.score_sum, self.score_sumsq = np.asarray(state["score_sum"]), np.asarray(state["score_sumsq"])
+        self.moments = Moments.from_state_dict(part("moments"))
         self.class_count, self.class_sum = np.asarray(state["class_count"]), np.asarray(state["class_sum"])
 
 
@@ -175,7 +172,7 @@ class ExamplesReducer:
         self._pending: list[tuple] = []  # batches held until the edges are known
         self.ids: dict[int, str] = {}  # key -> id, for keys the reducers hold
         self._since_prune = 0
-        self.x_sum = self.x_sumsq = None  # vector inputs: column means for input profiles
+        self.x_moments = None  # vector inputs: column means and spreads for input profiles
         if self.edges is not None:
             self._start()
 
@@ -207,11 +204,9 @@ class ExamplesReducer:
             reduced[s.name] = _to_numpy(r, int(np.prod(s.spatial)) if s.spatial else 1)
         if x is not None and self.columns:
             xd = torch.as_tensor(x).double().reshape(len(ids), -1).cpu().numpy()
-            if self.x_sum is None:
-                self.x_sum, self.x_sumsq, self.x_n = np.zeros(xd.shape[1]), np.zeros(xd.shape[1]), 0
-            self.x_sum += xd.sum(0)
-            self.x_sumsq += (xd**2).sum(0)
-            self.x_n += len(xd)
+            if self.x_moments is None:
+                self.x_moments = Moments(xd.shape[1])
+            self.x_moments.add(xd)
         if self.layers is None:
             self._pending.append((keys, reduced, labels))
             if sum(len(p[0]) for p in self._pending) >= self.calibration:
@@ -270,8 +265,8 @@ class ExamplesReducer:
                               columns=self.columns)
         out.layers = {n: le.merge(other.layers[n]) for n, le in self.layers.items()}
         out.ids = {**self.ids, **other.ids}
-        if self.x_sum is not None:
-            out.x_sum, out.x_sumsq, out.x_n = self.x_sum + other.x_sum, self.x_sumsq + other.x_sumsq, self.x_n + other.x_n
+        if self.x_moments is not None:
+            out.x_moments = self.x_moments.merge(other.x_moments) if other.x_moments is not None else self.x_moments
         out._prune()
         return out
 
@@ -282,8 +277,8 @@ class ExamplesReducer:
         self._prune()
         state = {"ids.key": np.array(list(self.ids), dtype=np.int64),
                  "ids.value": np.array(list(self.ids.values()), dtype=object).astype(str)}
-        if self.x_sum is not None:
-            state.update({"x.sum": self.x_sum, "x.sumsq": self.x_sumsq, "x.n": self.x_n})
+        if self.x_moments is not None:
+            state.update({f"x.{k}": v for k, v in self.x_moments.state_dict().items()})
         for name, le in self.layers.items():
             for k, v in le.state_dict().items():
                 state[f"layer:{name}/{k}"] = v
@@ -297,8 +292,8 @@ class ExamplesReducer:
             prefix = f"layer:{s.name}/"
             self.layers[s.name].load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
         self.ids = dict(zip(np.asarray(state["ids.key"]).tolist(), np.asarray(state["ids.value"]).tolist()))
-        if "x.sum" in state:
-            self.x_sum, self.x_sumsq, self.x_n = state["x.sum"], state["x.sumsq"], int(state["x.n"])
+        if "x.mean" in state:
+            self.x_moments = Moments.from_state_dict({k: state[f"x.{k}"] for k in ("n", "mean", "m2")})
         self._pending = []
 
     # ------------------------------------------------------------------ results
@@ -309,9 +304,8 @@ class ExamplesReducer:
             le = self.layers[s.name]
             layers[s.name] = LayerResult.from_reducers(le, self.ids, self.classes, self.reduce)
         x_mean = x_std = None
-        if self.x_sum is not None:
-            x_mean = self.x_sum / self.x_n
-            x_std = np.sqrt(np.maximum(self.x_sumsq / self.x_n - x_mean**2, 0))
+        if self.x_moments is not None:
+            x_mean, x_std = self.x_moments.mean, self.x_moments.std()
         return ExamplesResult(layers=layers, k=self.k, reduce=self.reduce, classes=self.classes,
                               columns=self.columns, x_mean=x_mean, x_std=x_std)
 
@@ -365,7 +359,7 @@ class LayerResult:
             ranged.append(Ranked([ranged_all.ids[i] for i in rows], ranged_all.scores[rows],
                                  ranged_all.pos[rows], ranged_all.labels[rows]))
         n = max(le.n, 1)
-        mean = le.score_sum / n
+        mean = le.moments.mean
         hist_edges = le.hist.edges()
         q = le.sketch.quantiles([0.0, *QUANTILES, 1.0])
         has_classes = bool(classes) and le.class_count.sum() > 0
@@ -375,7 +369,7 @@ class LayerResult:
             spec=le.spec, n=le.n, top=_ranked(le.top, ids, -1.0), bottom=_ranked(le.bottom, ids, 1.0),
             ranged=ranged, range_edges=le.hist.lo[:, None] + (le.hist.hi - le.hist.lo)[:, None] * np.linspace(0, 1, r + 1),
             hist_edges=hist_edges, hist_counts=le.hist.counts, quantiles=q[:, 1:-1], mean=mean,
-            std=np.sqrt(np.maximum(le.score_sumsq / n - mean**2, 0)), min=q[:, 0], max=q[:, -1],
+            std=le.moments.std(), min=q[:, 0], max=q[:, -1],
             active=le.stats.active / n, class_means=class_means,
             class_count=le.class_count if has_classes else None, unit_stats=le.stats.result(),
         )

@@ -104,6 +104,52 @@ class KeepBest:
         return out
 
 
+class Moments:
+    """Per column: count, mean and the sum of squared deviations (M2), updated batch by batch and
+    merged with the pairwise formula of Chan, Golub & LeVeque (1979, "Updating formulae and a
+    pairwise algorithm for computing sample variances"). Unlike sums of squares, shards combine
+    without cancellation: a small spread under a large mean comes out the same however the data
+    was cut."""
+
+    def __init__(self, columns: int):
+        self.n = 0
+        self.mean = np.zeros(columns)
+        self.m2 = np.zeros(columns)
+
+    def add(self, x: np.ndarray) -> None:
+        """A batch of rows ``(B, columns)``."""
+        x = np.asarray(x, dtype=np.float64)
+        if len(x):
+            mb = x.mean(0)
+            self._combine(len(x), mb, ((x - mb) ** 2).sum(0))
+
+    def _combine(self, nb: int, mb: np.ndarray, m2b: np.ndarray) -> None:
+        n = self.n + nb
+        delta = mb - self.mean
+        self.mean = self.mean + delta * (nb / n)
+        self.m2 = self.m2 + m2b + delta**2 * (self.n * nb / n)
+        self.n = n
+
+    def merge(self, other: Moments) -> Moments:
+        out = Moments.from_state_dict(self.state_dict())
+        if other.n:
+            out._combine(other.n, other.mean, other.m2)
+        return out
+
+    def std(self) -> np.ndarray:
+        """Population standard deviation per column (0 before any row)."""
+        return np.sqrt(self.m2 / max(self.n, 1))
+
+    def state_dict(self) -> dict:
+        return {"n": self.n, "mean": self.mean.copy(), "m2": self.m2.copy()}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> Moments:
+        out = cls(len(state["mean"]))
+        out.n, out.mean, out.m2 = int(state["n"]), np.asarray(state["mean"], float).copy(), np.asarray(state["m2"], float).copy()
+        return out
+
+
 class Histogram:
     """Per-unit counts over fixed edges ``[lo, hi]`` in ``bins`` equal bins, plus under/overflow."""
 

@@ -42,7 +42,7 @@ def stream(subject, data, layers: Sequence[str] = (), *, limit: int | None = Non
     bar = progress_bar(total=total, desc=desc, unit="ex", enabled=progress)
     try:
         batches = spread_batches(data, limit, batch_size) if spread and start == 0 else \
-            data.batches(batch_size, limit=limit, start=start, stop=stop)
+            data.batches(batch_size, limit=limit, start=start, **({} if stop is None else {"stop": stop}))
         for batch in batches:
             with torch.no_grad():
                 if layers:

@@ -12,9 +12,12 @@ the same code on a laptop and on a cluster. Here:
   merges them in shard order. The histogram edges come first, from the same calibration sample
   the one-process pass uses, so every shard bins alike.
 - **Equal to one process**: the same examples at the same ranks, the same counts and range
-  samples; means and other sums equal to float64 rounding (the reducers' merge semantics).
-- **Failures**: a worker that dies is restarted and its shard rerun from its start (Ray's actor
-  restarts and task retries). Every finished shard is written atomically beside the pass
+  samples; means and spreads equal to rounding (the reducers' merge semantics). Shards start on
+  the one-process pass's batch boundaries, so activations are bit for bit the same; only an
+  unreadable file, which shifts the later one-process batches, can move float32 activations in
+  their last bits.
+- **Failures**: a worker that dies is replaced by a fresh one and its shard rerun from its
+  start (up to :data:`RETRIES` times). Every finished shard is written atomically beside the pass
   checkpoint, so an interrupted driver resumes without redoing finished shards.
 """
 
@@ -44,6 +47,14 @@ class ModelSpec:
     spec: str
     weights: str | None = None
     allow_pickle: bool = False
+
+    def absolute(self) -> ModelSpec:
+        """The same spec with absolute paths: workers do not share the driver's working folder."""
+        from ..loading import _split_factory_spec
+
+        factory = _split_factory_spec(self.spec)
+        spec = f"{factory[0].resolve()}:{factory[1]}" if factory else str(Path(self.spec).resolve())
+        return ModelSpec(spec, None if self.weights is None else str(Path(self.weights).resolve()), self.allow_pickle)
 
 
 # ----------------------------------------------------------------------------- reducers, shard by shard
@@ -161,11 +172,13 @@ class RayEngine:
         if int(shard_size) < 1:
             raise OptionError(f"shard_size must be at least 1, got {shard_size}.")
         self.address, self.workers, self.shard_size, self.num_cpus = address, workers, int(shard_size), num_cpus
-        self.model_spec = model_spec if model_spec is None or isinstance(model_spec, ModelSpec) else ModelSpec(
-            *model_spec) if isinstance(model_spec, (tuple, list)) else ModelSpec(str(model_spec))
+        if model_spec is not None and not isinstance(model_spec, ModelSpec):
+            model_spec = ModelSpec(*model_spec) if isinstance(model_spec, (tuple, list)) else ModelSpec(str(model_spec))
+        self.model_spec = None if model_spec is None else model_spec.absolute()
         self._pool_key, self._spawn = None, None
         self._actors: list = []
         self.last: dict = {}  # what the last pass did: shards run, reused, workers
+        self.retried = 0  # shards rerun after their worker died, in the current pass
 
     # -------------------------------------------------------------- cluster and workers
     def _init(self):
@@ -187,8 +200,7 @@ class RayEngine:
         gpus, cpus = int(res.get("GPU", 0)), max(1, int(res.get("CPU", 1)))
         n = self.workers or (gpus if gpus else max(1, cpus // 2))
         per_cpu = max(1, cpus // n) if not gpus else 1
-        if self.model_spec is None:
-            _pickle_user_code_by_value(subject.model)
+        _pickle_user_code_by_value([*(subject.model.modules() if self.model_spec is None else ()), data])
         model = self.model_spec if self.model_spec is not None else [ray.put(subject.model)]  # once, not per task
         args = (model, subject.recipe(), subject.direction_sets(), [ray.put(data)], per_cpu)
         options = dict(num_cpus=per_cpu, num_gpus=1 if gpus else 0)
@@ -219,6 +231,7 @@ class RayEngine:
                 result = ray.get(ref)
             except RayActorError:
                 tries[item] = tries.get(item, 0) + 1
+                self.retried += 1
                 if tries[item] > RETRIES:
                     raise NeuronscopeError(f"A Ray worker died {tries[item]} times on {item}; giving up.") from None
                 self._actors[i] = self._spawn()
@@ -243,6 +256,7 @@ class RayEngine:
                  checkpoint=None, key="", desc="data pass", progress=True, every_s=None) -> int:
         """Fill ``reducers`` as :func:`~neuronscope.analyses.stream.run_pass` would, shard by shard."""
         layers = list(layers)
+        self.retried = 0
         blanks = {n: _blank(r) for n, r in reducers.items()}
         folder = shard_folder(checkpoint, key) if checkpoint is not None else None
         actors = self._workers(subject, data)
@@ -301,27 +315,26 @@ class RayEngine:
         for name, red in reducers.items():
             if name in merged:
                 red.load_state_dict(merged[name].state_dict())
-        self.last = {"shards": len(shards), "reused": reused, "workers": len(actors),
+        self.last = {"shards": len(shards), "reused": reused, "workers": len(actors), "retried": self.retried,
                      "received_bytes": int(sum(v.nbytes for r in results.values() for v in r[2].values()))}
         return sum(results[sh][0] for sh in shards)
 
 
-def _pickle_user_code_by_value(model) -> None:
-    """The classes of a model loaded from the user's file (``file.py:factory``), a script or a
-    notebook live in modules workers cannot import: send their code with the model instead."""
+def _pickle_user_code_by_value(objects) -> None:
+    """Classes from the user's own code (a ``file.py:factory`` model, a script, a notebook, a
+    custom dataset) live in modules workers cannot import: their code travels with the objects."""
     import sys
 
     from ray import cloudpickle
 
     prefixes = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, Path(__file__).parents[1])}
-    for m in model.modules():
-        mod = sys.modules.get(type(m).__module__)
+    for obj in objects:
+        mod = sys.modules.get(type(obj).__module__)
         if mod is None or mod.__name__ == "__main__":
             continue
         origin = getattr(mod, "__file__", None)
-        user = mod.__name__.startswith("_neuronscope_user_") or (
-            origin is not None and not any(Path(origin).resolve().is_relative_to(p) for p in prefixes))
-        if user:
+        if mod.__name__.startswith("_neuronscope_user_") or (
+                origin is not None and not any(Path(origin).resolve().is_relative_to(p) for p in prefixes)):
             cloudpickle.register_pickle_by_value(mod)
 
 

@@ -1,0 +1,210 @@
+"""The Ray engine: the same store with and without it, through a dying worker and a killed driver.
+
+Runs on a local two-CPU cluster. CI (``.ci/run``) installs the ``ray`` extra and sets
+NEURONSCOPE_REQUIRE_RAY=1, so there a missing Ray fails; elsewhere these tests skip.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from neuronscope import Subject
+from neuronscope.data import ImageFolder, open_data
+from neuronscope.pipeline import ReportOptions, analyze
+
+pytestmark = pytest.mark.slow
+PASS_ONLY = ReportOptions(progress=False, sections=["sanity", "examples"], batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    try:
+        import ray
+    except ImportError:
+        if os.environ.get("NEURONSCOPE_REQUIRE_RAY"):
+            pytest.fail("Ray is not installed and CI requires the Ray tests: pip install -e '.[ray]'.")
+        pytest.skip("Ray is not installed: pip install -e '.[ray]'.")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def make_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 6, 3), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 2))
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("raydata") / "imgs"
+    rng = np.random.default_rng(0)
+    for c, base in (("dark", 70), ("light", 180)):
+        (root / c).mkdir(parents=True)
+        for i in range(110):
+            arr = np.clip(base + rng.normal(0, 50, (12, 12, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(root / c / f"{i:03d}.png")
+    (root / "dark" / "050-broken.png").write_bytes(b"not a png")  # unreadable, inside the first shards
+    return root
+
+
+def subject() -> Subject:
+    return Subject(make_model(), (3, 12, 12), classes=["dark", "light"], name="small")
+
+
+def engine(**kw):
+    from neuronscope.engines.ray_engine import RayEngine
+
+    return RayEngine(workers=2, shard_size=64, **kw)
+
+
+def assert_same_store(a: Path, b: Path, sections=("examples", "layer_stats", "sanity")):
+    """Equal under the reducers' merge semantics: ids, ranks, counts and pictures exact; floats to
+    1e-6 (the broken file shifts the one-process batches, and a float32 convolution's last bits
+    depend on the batch it ran in)."""
+    import json
+
+    ma, mb = (json.loads((p / "manifest.json").read_text())["sections"] for p in (a, b))
+    for sec in sections:
+        assert ma[sec]["key"] == mb[sec]["key"], sec
+        assert ma[sec]["tables"] == mb[sec]["tables"] and ma[sec]["images"] == mb[sec]["images"]
+        for rel in ma[sec]["tables"].values():
+            ta, tb = pq.read_table(a / rel).to_pydict(), pq.read_table(b / rel).to_pydict()
+            assert list(ta) == list(tb), rel
+            for col in ta:
+                va, vb = ta[col], tb[col]
+                if va and isinstance(next((v for v in va if v is not None), None), float):
+                    fa = np.array([np.nan if v is None else v for v in va], dtype=float)
+                    fb = np.array([np.nan if v is None else v for v in vb], dtype=float)
+                    np.testing.assert_allclose(fa, fb, rtol=1e-6, atol=1e-9, equal_nan=True, err_msg=f"{rel}:{col}")
+                else:
+                    assert va == vb, f"{rel}:{col}"
+        for rel in ma[sec]["images"].values():
+            assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+
+
+def test_the_store_is_the_same_with_and_without_ray(ray_cluster, folder, tmp_path):
+    data = open_data(folder, input_shape=(3, 12, 12))
+    analyze(subject(), data, tmp_path / "local", PASS_ONLY)
+    eng = engine()
+    opts = ReportOptions(**{**PASS_ONLY.__dict__, "engine": eng})
+    analyze(subject(), open_data(folder, input_shape=(3, 12, 12)), tmp_path / "ray", opts)
+    assert eng.last["shards"] == 4 and eng.last["workers"] == 2 and eng.last["reused"] == 0
+    assert_same_store(tmp_path / "local", tmp_path / "ray")
+    assert not list((tmp_path / "ray").glob(".pass-checkpoint*")), "finished shards are cleared once stored"
+
+
+def test_a_limit_past_an_unreadable_example_reads_on_like_one_process(ray_cluster, folder, tmp_path):
+    """limit=100 with a broken file among the first 100 positions: both runs read the 101st."""
+    opts = ReportOptions(**{**PASS_ONLY.__dict__, "limit": 100})
+    analyze(subject(), open_data(folder, input_shape=(3, 12, 12)), tmp_path / "local", opts)
+    eng = engine()
+    analyze(subject(), open_data(folder, input_shape=(3, 12, 12)), tmp_path / "ray",
+            ReportOptions(**{**opts.__dict__, "engine": eng}))
+    assert eng.last["shards"] == 3, "two shards of the first 100 positions, then the tail"
+    assert_same_store(tmp_path / "local", tmp_path / "ray")
+
+
+class DiesOnce(ImageFolder):
+    """Kills its worker process the second time position 150 is read (the first read is the
+    calibration of the histogram edges; the second, the shard holding it). A file counts reads."""
+
+    marker: str = ""
+
+    def _load(self, indices):
+        indices = list(indices)
+        if 150 in indices:
+            reads = int(Path(self.marker).read_text()) + 1 if os.path.exists(self.marker) else 1
+            Path(self.marker).write_text(str(reads))
+            if reads == 2:
+                os._exit(1)
+        return super()._load(indices)
+
+
+def test_a_worker_that_dies_mid_shard_is_replaced_and_the_result_is_the_same(ray_cluster, folder, tmp_path):
+    analyze(subject(), open_data(folder, input_shape=(3, 12, 12)), tmp_path / "local", PASS_ONLY)
+    data = DiesOnce(folder, (3, 12, 12))
+    data.marker = str(tmp_path / "died")
+    eng = engine()
+    analyze(subject(), data, tmp_path / "ray", ReportOptions(**{**PASS_ONLY.__dict__, "engine": eng}))
+    # calibration read it, the shard died on it, the fresh worker read it (the pictures may read it again)
+    assert int((tmp_path / "died").read_text()) >= 3 and eng.last["retried"] == 1
+    assert_same_store(tmp_path / "local", tmp_path / "ray")
+
+
+DRIVER = textwrap.dedent("""
+    import sys, time
+    import torch
+    from torch import nn
+    sys.path.insert(0, {tests!r})
+    from test_ray import SlowFolder, make_model
+    from neuronscope import Subject
+    from neuronscope.engines.ray_engine import RayEngine
+    from neuronscope.pipeline import ReportOptions, analyze
+    s = Subject(make_model(), (3, 12, 12), classes=["dark", "light"], name="small")
+    eng = RayEngine(workers=2, shard_size=64, num_cpus=2)
+    analyze(s, SlowFolder({folder!r}, (3, 12, 12)), {out!r},
+            ReportOptions(progress=False, sections=["sanity", "examples"], batch_size=16, engine=eng))
+""")
+
+
+class SlowFolder(ImageFolder):
+    """Reads the shards after the first two slowly, so the driver can be killed mid-pass."""
+
+    def _load(self, indices):
+        indices = list(indices)
+        if indices and min(indices) >= 128:
+            time.sleep(0.5)
+        return super()._load(indices)
+
+
+def test_an_interrupted_driver_resumes_without_redoing_finished_shards(ray_cluster, folder, tmp_path):
+    analyze(subject(), open_data(folder, input_shape=(3, 12, 12)), tmp_path / "local", PASS_ONLY)
+    out = tmp_path / "ray"
+    script = DRIVER.format(tests=str(Path(__file__).parent), folder=str(folder), out=str(out))
+    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    shards = out / ".pass-checkpoint.npz.shards"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(shards.glob("*/0*.npz"))) < 2 and proc.poll() is None:
+        time.sleep(0.2)
+    finished = sorted(p.name for p in shards.glob("*/0*.npz"))
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(finished) >= 2, proc.stderr.read().decode()[-2000:]
+    assert not (out / "manifest.json").exists() or "examples" not in (out / "manifest.json").read_text()
+    eng = engine()
+    analyze(subject(), open_data(folder, input_shape=(3, 12, 12)), out,
+            ReportOptions(**{**PASS_ONLY.__dict__, "engine": eng}))
+    assert eng.last["reused"] >= 2 and eng.last["reused"] < eng.last["shards"]
+    assert_same_store(tmp_path / "local", out)
+
+
+def test_cli_engine_ray_loads_the_model_from_its_spec_and_writes_the_same_store(ray_cluster, folder, tmp_path):
+    from neuronscope.cli import main
+
+    (tmp_path / "net.py").write_text(textwrap.dedent("""
+        from torch import nn
+        def make():
+            return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 6, 3),
+                                 nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 2))
+    """))
+    torch.save(make_model().state_dict(), tmp_path / "w.pt")
+    common = [f"{tmp_path / 'net.py'}:make", "--weights", str(tmp_path / "w.pt"), "--data", str(folder),
+              "--batch-size", "16", "--input-shape", "3,12,12", "--classes", "dark,light"]
+    assert main(["-q", "examples", *common, "--out", str(tmp_path / "local")]) == 0
+    assert main(["-q", "examples", *common, "--out", str(tmp_path / "ray"), "--engine", "ray", "--workers", "2"]) == 0
+    assert_same_store(tmp_path / "local", tmp_path / "ray", sections=("examples", "layer_stats"))
