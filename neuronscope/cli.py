@@ -121,6 +121,9 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
                                                      "(default: start a local one)")
     g.add_argument("--workers", type=int, metavar="N", help="Ray workers, each holding the model once "
                                                             "(default: one per GPU, else one per two CPUs)")
+    g.add_argument("--shard-size", type=int, default=2048, metavar="N",
+                   help="examples per shard (default: 2048); each shard sends ~8 KB per unit to the driver, so "
+                        "raise it for passes over millions of examples")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -351,7 +354,7 @@ def _report(args) -> int:
         from .engines.ray_engine import ModelSpec
 
         # workers load the model the way it was given here, rather than receiving this process's copy
-        opts.engine = get_engine(args.engine, address=args.address, workers=args.workers,
+        opts.engine = get_engine(args.engine, address=args.address, workers=args.workers, shard_size=args.shard_size,
                                  model_spec=ModelSpec(str(args.model), args.weights, args.trust_pickle))
     if args.command == "examples":
         opts.k, opts.reduce, opts.max_units = args.k, args.reduce, args.pictures

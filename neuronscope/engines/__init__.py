@@ -13,7 +13,8 @@ from ..errors import OptionError
 ENGINES = ("local", "ray")
 
 
-def get_engine(engine=None, *, address: str | None = None, workers: int | None = None, model_spec=None):
+def get_engine(engine=None, *, address: str | None = None, workers: int | None = None, model_spec=None,
+               shard_size: int | None = None):
     """``None``/``"local"``: this process (returns None). ``"ray"``: a :class:`~.ray_engine.RayEngine`.
     An engine object is returned as it is."""
     if engine is None or engine == "local":
@@ -21,7 +22,9 @@ def get_engine(engine=None, *, address: str | None = None, workers: int | None =
     if engine == "ray":
         from .ray_engine import RayEngine
 
-        return RayEngine(address=address, workers=workers, model_spec=model_spec)
+        from .ray_engine import SHARD
+
+        return RayEngine(address=address, workers=workers, model_spec=model_spec, shard_size=shard_size or SHARD)
     if hasattr(engine, "run_pass"):
         return engine
     raise OptionError(f"engine must be one of {', '.join(map(repr, ENGINES))} or an engine object; got {engine!r}.")

@@ -24,6 +24,7 @@ the same code on a laptop and on a cluster. Here:
 from __future__ import annotations
 
 import io
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -305,6 +306,7 @@ class RayEngine:
         finally:
             bar.close()
 
+        t_merge = time.perf_counter()
         merged: dict = {}
         for sh in shards:
             states = _unflatten(results[sh][2])
@@ -316,6 +318,7 @@ class RayEngine:
             if name in merged:
                 red.load_state_dict(merged[name].state_dict())
         self.last = {"shards": len(shards), "reused": reused, "workers": len(actors), "retried": self.retried,
+                     "merge_seconds": time.perf_counter() - t_merge,
                      "received_bytes": int(sum(v.nbytes for r in results.values() for v in r[2].values()))}
         return sum(results[sh][0] for sh in shards)
 
