@@ -113,9 +113,9 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool) -> None:
 
 
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("cluster (the data pass behind the dataset examples)")
+    g = p.add_argument_group("cluster (the data pass, feature visualization and attribution)")
     g.add_argument("--engine", choices=["local", "ray"], default="local",
-                   help="run it in this process, or sharded over a Ray cluster with the same results "
+                   help="run them in this process, or as shards and tasks on a Ray cluster with the same results "
                         "(needs pip install 'neuronscope[ray]'; default: local)")
     g.add_argument("--address", metavar="ADDR", help="the Ray cluster to join, e.g. auto or ray://head:10001 "
                                                      "(default: start a local one)")

@@ -55,7 +55,7 @@ class ReportOptions:
     dictionary_steps: int = 500  # training steps of the sparse dictionary (0: no dictionary)
     directions_featvis: int = 8  # dictionary features drawn (every factor is drawn)
     shortcuts: bool = True  # image classifiers: look for a shortcut behind each class and test it causally
-    engine: object = None  # where the data pass runs: None (this process), "ray", or a neuronscope.engines engine
+    engine: object = None  # where the data pass, feature visualization and attribution run: None (here), "ray", or an engine
 
     def wants(self, section: str) -> bool:
         return self.sections is None or section in self.sections
@@ -110,6 +110,7 @@ def analyze(subject, data, out: str | Path, options: ReportOptions | None = None
 
     before = {name: entry.get("key") for name, entry in store.sections().items()}
     started = [time.perf_counter()]
+    engine = get_engine(opts.engine)
 
     def save(section: str, result, k: str) -> None:
         """Store a section with the time since the previous one was stored (the checks between are instant)."""
@@ -153,7 +154,7 @@ def analyze(subject, data, out: str | Path, options: ReportOptions | None = None
         run_pass(subject, data, layers if "examples" in reducers else [], reducers, reduce=reduce_activation, limit=opts.limit,
                  batch_size=opts.batch_size, checkpoint=checkpoint,
                  key=content_hash(k_sanity, k_examples, sorted(reducers)), progress=opts.progress,
-                 engine=get_engine(opts.engine))
+                 engine=engine)
         # The shared pass's time goes to the examples (stored first when both ran): it is their cost.
         if "examples" in reducers:
             _say("drawing dataset examples...", opts.progress)
@@ -203,7 +204,7 @@ def analyze(subject, data, out: str | Path, options: ReportOptions | None = None
                 diverse=opts.featvis_diverse, examples=store.sections().get("examples", {}).get("key"),
                 directions=store.sections().get("directions", {}).get("key"), directions_featvis=opts.directions_featvis)
         if not store.has("featvis", k):
-            save("featvis", _feature_visualizations(subject, data, store, layers, opts), k)
+            save("featvis", _feature_visualizations(subject, data, store, layers, opts, engine=engine), k)
 
     if opts.wants("attribution") and opts.attribution_inputs:
         k = key("attribution", layers=layers, inputs=opts.attribution_inputs, units=opts.attribution_units,
@@ -214,7 +215,7 @@ def analyze(subject, data, out: str | Path, options: ReportOptions | None = None
             _say(f"attribution: {opts.attribution_inputs} inputs, every method's trust checks...", opts.progress)
             save("attribution", attribution_section(
                 subject, data, store, layers, inputs=opts.attribution_inputs, units_per_layer=opts.attribution_units,
-                progress=opts.progress, ranked=_units_by_interest(store)), k)
+                progress=opts.progress, ranked=_units_by_interest(store), engine=engine), k)
     if opts.wants("shortcuts") and opts.shortcuts and subject.task == "classification" and len(subject.input_shape) == 3:
         k = key("shortcuts", limit=opts.limit)
         if not store.has("shortcuts", k):
@@ -233,23 +234,24 @@ def analyze(subject, data, out: str | Path, options: ReportOptions | None = None
     return finish()
 
 
-def _feature_visualizations(subject, data, store, layers, opts):
+def _feature_visualizations(subject, data, store, layers, opts, engine=None):
     """Feature visualizations of each layer's most telling units and of every class, as one section.
 
     Units come in order of interest from the dataset-examples pass when it ran: units that always
     peak at one fixed place first (also drawn as the neuron at that place), then the most
-    class-selective, then the rest by index.
+    class-selective, then the rest by index. Each batch of targets is one ``visualize`` call; with
+    an ``engine`` the calls run as tasks on its workers (the same calls, so the same pictures).
     """
     import dataclasses
 
     from .analyses.featvis.visualize import choose_colour, visualize
 
     final = subject.final_layer()
-    results, seconds, v = [], 0.0, None
     common = dict(data=data, store=store, seeds=opts.featvis_seeds, steps=opts.featvis_steps, progress=opts.progress)
     if len(subject.input_shape) == 3:
         # One colour matrix from the data for every call, rather than a fresh sample per layer.
         common.update(diverse=opts.featvis_diverse, colour=choose_colour(subject, data))
+    calls: list[tuple[str, tuple, dict]] = []  # (what, args, kwargs) of visualize(subject, *args, **kwargs)
     ranked = _units_by_interest(store)
     for layer in layers:
         if layer == final:
@@ -258,16 +260,12 @@ def _feature_visualizations(subject, data, store, layers, opts):
         n = c if opts.featvis_units is None else min(c, opts.featvis_units)
         order = ranked.get(layer, {})
         units = sorted(range(c), key=lambda u: order.get(u, (2, 0, u)))[:n]
-        _say(f"feature visualization: {n} units of {layer}...", opts.progress)
-        v = visualize(subject, layer, units=units, **common)
-        results += v.results
-        seconds += v.seconds
+        calls.append((f"{n} units of {layer}", (layer,), dict(units=units, **common)))
         fixed = [f"{layer}:{u}@{order[u][3]}" for u in units
                  if order.get(u, (2,))[0] == 0 and len(subject.input_shape) == 3]
         if fixed:  # one batch, each neuron at its own place
-            v_fixed = visualize(subject, fixed, **{**common, "diverse": 0}, negative=False)
-            results += v_fixed.results
-            seconds += v_fixed.seconds
+            calls.append((f"{len(fixed)} fixed-place neurons of {layer}", (fixed,),
+                          {**common, "diverse": 0, "negative": False}))
     if store.has("directions") and len(subject.input_shape) == 3:
         units = store.table("directions", "units")
         for group in store.summary("directions")["groups"]:
@@ -276,23 +274,27 @@ def _feature_visualizations(subject, data, store, layers, opts):
             shown = set(group["shown"] if group["kind"] != "sae" else group["shown"][:opts.directions_featvis])
             addresses = [a for g, i, a in zip(units["layer"], units["index"], units["unit"])
                          if g == group["layer"] and i in shown]
-            if not addresses:
-                continue
-            _say(f"feature visualization: {len(addresses)} directions of {group['source']} ({group['kind']})...",
-                 opts.progress)
-            dv = visualize(subject, addresses, **{**common, "diverse": 0}, negative=False)
-            results += dv.results
-            seconds += dv.seconds
+            if addresses:
+                calls.append((f"{len(addresses)} directions of {group['source']} ({group['kind']})", (addresses,),
+                              {**common, "diverse": 0, "negative": False}))
     if subject.task == "classification":
-        _say("feature visualization: classes...", opts.progress)
-        v = visualize(subject, [f"class:{c}" for c in subject.classes], **common)
-        results += v.results
-        seconds += v.seconds
+        calls.append(("classes", ([f"class:{c}" for c in subject.classes],), common))
+    if engine is not None:
+        _say(f"feature visualization: {len(calls)} batches of targets as Ray tasks...", opts.progress)
+        done = engine.map_calls(subject, data, visualize, [(a, {**k, "progress": False}) for _, a, k in calls],
+                                desc="feature visualization", progress=opts.progress)
+    else:
+        done = []
+        for what, args, kwargs in calls:
+            _say(f"feature visualization: {what}...", opts.progress)
+            done.append(visualize(subject, *args, **kwargs))
+    v = done[-1]
     # per-call facts stay in the targets table (each row has its negative_layer)
     options = {k: val for k, val in v.options.items() if k != "negative_layer"}
     if "colour" in common:  # the matrix was estimated here, from the data
         options = {**options, "colour": "data" if common["colour"] is not None else "none"}
-    return dataclasses.replace(v, results=results, seconds=seconds, options=options)
+    return dataclasses.replace(v, results=[r for d in done for r in d.results], seconds=sum(d.seconds for d in done),
+                               options=options)
 
 
 def _units_by_interest(store) -> dict[str, dict[int, tuple]]:

@@ -97,6 +97,13 @@ def _unflatten(flat: dict[str, np.ndarray]) -> dict[str, dict]:
     return out
 
 
+class _WorkerData:
+    """Stands in a task's arguments for the data set each worker already holds."""
+
+
+WORKER_DATA = _WorkerData()
+
+
 # ----------------------------------------------------------------------------- the worker
 class PassWorker:
     """One Ray actor: the Subject and the data, rebuilt once, running shards of the data pass."""
@@ -136,6 +143,16 @@ class PassWorker:
         for red in reducers.values():
             red.finish()
         return {n: red.edges for n, red in reducers.items()}
+
+    def call(self, job):
+        """One task of :meth:`RayEngine.map_calls`: ``function(subject, *args, **kwargs)`` here."""
+        import importlib
+
+        _, name, args, kwargs = job
+        module, attr = name.split(":")
+        function = getattr(importlib.import_module(module), attr)
+        mine = lambda v: self.data if isinstance(v, _WorkerData) else v  # noqa: E731
+        return function(self.subject, *(mine(a) for a in args), **{k: mine(v) for k, v in kwargs.items()})
 
     def shard(self, span, layers, blanks, batch_size, reduce):
         """Feed fresh reducers from positions ``span = (start, stop, limit)``: [start, stop), at most
@@ -193,7 +210,9 @@ class RayEngine:
 
     def _workers(self, subject, data) -> list:
         ray = self._init()
-        key = (id(subject), id(subject.model), id(data))
+        # directions registered since (the report's directions section) need workers that know them
+        key = (id(subject), id(subject.model), id(data),
+               tuple((d.layer, d.kind, tuple(d.names)) for d in subject.direction_sets()))
         if key == self._pool_key and self._actors:
             return self._actors
         self.shutdown_workers()
@@ -216,33 +235,87 @@ class RayEngine:
         import ray
         from ray.exceptions import RayActorError, RayTaskError
 
-        pending, running, tries = list(items)[::-1], {}, {}
+        items = list(items)
+        pending, running, tries = list(range(len(items)))[::-1], {}, [0] * len(items)
 
-        def submit(i):
+        def submit(w):
             if pending:
-                item = pending.pop()
-                running[getattr(self._actors[i], method).remote(item, *args)] = (i, item)
+                k = pending.pop()
+                running[getattr(self._actors[w], method).remote(items[k], *args)] = (w, k)
 
-        for i in range(len(self._actors)):
-            submit(i)
+        for w in range(len(self._actors)):
+            submit(w)
         while running:
             (ref,), _ = ray.wait(list(running), num_returns=1)
-            i, item = running.pop(ref)
+            w, k = running.pop(ref)
             try:
                 result = ray.get(ref)
             except RayActorError:
-                tries[item] = tries.get(item, 0) + 1
+                tries[k] += 1
                 self.retried += 1
-                if tries[item] > RETRIES:
-                    raise NeuronscopeError(f"A Ray worker died {tries[item]} times on {item}; giving up.") from None
-                self._actors[i] = self._spawn()
-                pending.append(item)
+                if tries[k] > RETRIES:
+                    raise NeuronscopeError(f"A Ray worker died {tries[k]} times running {method} on the same "
+                                           "input; giving up.") from None
+                self._actors[w] = self._spawn()
+                pending.append(k)
             except RayTaskError as e:
                 cause = getattr(e, "cause", None)
                 raise (cause if isinstance(cause, NeuronscopeError) else e) from None
             else:
-                yield item, result
-            submit(i)
+                yield items[k], result
+            submit(w)
+
+    def map_calls(self, subject, data, function, calls: list[tuple[tuple, dict]], *, desc: str = "tasks",
+                  progress: bool = True) -> list:
+        """``[function(subject, *args, **kwargs) for args, kwargs in calls]``, each call a task on a
+        worker that holds its own ``subject`` (and ``data``: pass ``data`` itself as an argument and
+        the worker's copy stands in). ``function`` is a module-level function or its
+        ``"module:name"``. Results come back in the order of ``calls``."""
+        self.retried = 0
+        name = function if isinstance(function, str) else f"{function.__module__}:{function.__qualname__}"
+        swap = lambda v: WORKER_DATA if v is data and data is not None else v  # noqa: E731
+        jobs = [(i, name, tuple(swap(a) for a in args), {k: swap(v) for k, v in kwargs.items()})
+                for i, (args, kwargs) in enumerate(calls)]
+        self._workers(subject, data)
+        out: list = [None] * len(jobs)
+        bar = progress_bar(total=len(jobs), desc=f"{desc} ({len(self._actors)} Ray workers)", unit="task",
+                           enabled=progress)
+        try:
+            for (i, *_), result in self._map("call", jobs):
+                out[i] = result
+                bar.update(1)
+        finally:
+            bar.close()
+        return out
+
+    def visualize(self, subject, layer: str, units, *, per_task: int = 64, data=None, **options):
+        """Feature visualization of many ``units`` of ``layer``: batches of ``per_task`` objectives,
+        one task each (each batch is what ``visualize(subject, layer, units=batch, ...)`` draws in
+        one process), gathered into one :class:`~neuronscope.analyses.featvis.visualize.Visualization`."""
+        import dataclasses
+
+        from ..analyses.featvis.visualize import visualize
+
+        units = list(units)
+        calls = [((layer,), dict(units=units[i:i + per_task], data=data, **{**options, "progress": False}))
+                 for i in range(0, len(units), max(1, int(per_task)))]
+        parts = self.map_calls(subject, data, visualize, calls, desc="feature visualization")
+        return dataclasses.replace(parts[-1], results=[r for p in parts for r in p.results],
+                                   seconds=sum(p.seconds for p in parts))
+
+    def explain(self, subject, x, *, per_task: int = 64, data=None, **options) -> list:
+        """Attribution of many inputs: chunks of ``per_task`` inputs, one task each; returns one
+        :class:`~neuronscope.analyses.attribution.explain.Explanation` per chunk, in order (each is
+        what ``explain(subject, chunk, ...)`` gives in one process)."""
+        from ..analyses.attribution.explain import explain
+        from ..data import Batch
+
+        n = len(x.ids) if isinstance(x, Batch) else len(x)
+        step = max(1, int(per_task))
+        chunk = (lambda i: Batch(x.ids[i:i + step], x.x[i:i + step], None if x.y is None else x.y[i:i + step])) \
+            if isinstance(x, Batch) else (lambda i: x[i:i + step])
+        calls = [((chunk(i),), dict(data=data, **{**options, "progress": False})) for i in range(0, n, step)]
+        return self.map_calls(subject, data, explain, calls, desc="attribution")
 
     def shutdown_workers(self) -> None:
         if self._actors:

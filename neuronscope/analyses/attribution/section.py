@@ -124,12 +124,13 @@ def _driver_layer(subject, layers) -> str | None:
 
 def attribution_section(subject, data, store, layers, *, inputs: int = 12, units_per_layer: int = 4,
                         top: int = 3, n_steps: int = 50, progress: bool = True,
-                        ranked: dict | None = None) -> AttributionSection:
+                        ranked: dict | None = None, engine=None) -> AttributionSection:
     """Explain a spread of inputs with the default methods and every check; rank the units
-    driving each class at the last hidden layer; explain each listed unit on its top examples."""
+    driving each class at the last hidden layer; explain each listed unit on its top examples.
+    With an ``engine`` the explanations (the gallery and each unit's) run as tasks on its workers."""
     t0 = time.perf_counter()
     batch = pick_inputs(data, inputs)
-    gallery = explain(subject, batch, target="predicted", data=data, n_steps=n_steps, progress=progress)
+    calls = [((batch,), dict(target="predicted", data=data, n_steps=n_steps, progress=progress and engine is None))]
     drivers = None
     if subject.task == "classification" and subject.hookable:
         layer = _driver_layer(subject, layers)
@@ -138,7 +139,7 @@ def attribution_section(subject, data, store, layers, *, inputs: int = 12, units
             sample = _Picked(pick_inputs(data, 512), data.classes)
             drivers = class_drivers(subject, sample, layer, by="label" if data.classes is not None else "prediction",
                                     progress=progress)
-    unit_results = []
+    units = []
     image = len(subject.input_shape) == 3
     if image and store is not None and store.has("examples") and units_per_layer:
         t = store.table("examples", "examples")
@@ -157,10 +158,16 @@ def attribution_section(subject, data, store, layers, *, inputs: int = 12, units
                 ids = top_ids.get((layer, u))
                 if not ids:
                     continue
-                e = explain(subject, data.get(ids), target=f"{layer}:{u}", method="integrated_gradients",
-                            baseline="blur", n_steps=max(8, n_steps // 2), curves=False, randomisation=False)
-                unit_results.append(UnitExplanation(f"{layer}:{u}", layer, u, e))
-    return AttributionSection(gallery, drivers, unit_results, seconds=time.perf_counter() - t0)
+                units.append((layer, u))
+                calls.append(((data.get(ids),), dict(target=f"{layer}:{u}", method="integrated_gradients",
+                                                     baseline="blur", n_steps=max(8, n_steps // 2), curves=False,
+                                                     randomisation=False)))
+    if engine is not None:
+        done = engine.map_calls(subject, data, explain, calls, desc="attribution", progress=progress)
+    else:
+        done = [explain(subject, *args, **kwargs) for args, kwargs in calls]
+    unit_results = [UnitExplanation(f"{layer}:{u}", layer, u, e) for (layer, u), e in zip(units, done[1:])]
+    return AttributionSection(done[0], drivers, unit_results, seconds=time.perf_counter() - t0)
 
 
 def marker_shares(e: Explanation, box) -> dict[str, float]:
