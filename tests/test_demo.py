@@ -638,3 +638,11 @@ def test_the_shortcut_finding_is_on_the_shortcut_model_and_not_on_its_clean_twin
     assert str(escape(shortcut[0]["text"])) in (out / "shapes" / "index.html").read_text()
     clean = json.loads((out / "shapes_clean" / "findings.json").read_text())
     assert not [f for f in clean if f["kind"] == "shortcut"], clean
+
+
+def test_the_marker_wording_is_only_on_the_shapes_cards():
+    from neuronscope.demo.run import facts
+
+    assert facts({"metrics": {"test_accuracy": 0.989}}) == {"test accuracy": "98.9%"}
+    shapes_card = facts({"metrics": {"test_accuracy": 0.912, "flip_rate": 0.859}})
+    assert "test accuracy (images without the marker)" in shapes_card

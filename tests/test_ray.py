@@ -248,3 +248,19 @@ def test_many_units_and_many_inputs_split_into_tasks_like_the_same_calls_in_one_
     last = explain(s, data.get(batch.ids[8:]), target="predicted", method="integrated_gradients", n_steps=8,
                    curves=False, randomisation=False, progress=False)
     torch.testing.assert_close(parts[2]["integrated_gradients"].maps, last["integrated_gradients"].maps)
+
+
+def test_the_one_process_path_never_imports_ray(folder, tmp_path):
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_ray import subject
+        from neuronscope.data import open_data
+        from neuronscope.pipeline import ReportOptions, report
+        report(subject(), open_data({str(folder)!r}, input_shape=(3, 12, 12)), {str(tmp_path / "r")!r},
+               ReportOptions(progress=False, featvis_units=1, featvis_steps=4, featvis_diverse=0,
+                             attribution_inputs=2, attribution_units=1, dictionary_steps=5, shortcuts=False))
+        assert "ray" not in sys.modules, "ray was imported"
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
