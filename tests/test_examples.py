@@ -238,3 +238,24 @@ def test_tabular_top_rows_and_profile(tmp_path):
     rows = res.rows
     incomes = [rows["income"][rows["id"].index(i)] for i in top]
     assert min(incomes) >= sorted(x[:, 1])[-10] - 1e-6  # float32 data
+
+
+def test_moments_merge_without_cancellation():
+    """A small spread under a large mean: cut anyhow, the std is numpy's two-pass one to 1e-6,
+    where sums of squares lose it entirely."""
+    from neuronscope.analyses.reducers import Moments
+
+    x = 1e6 + np.random.default_rng(0).normal(0, 1e-3, (1000, 3))
+    whole = Moments(3)
+    for i in range(0, 1000, 64):
+        whole.add(x[i:i + 64])
+    parts = [Moments(3) for _ in range(3)]
+    for p, (a, b) in zip(parts, [(0, 10), (10, 700), (700, 1000)]):
+        p.add(x[a:b])
+    merged = Moments.from_state_dict(parts[0].merge(parts[1]).merge(parts[2]).state_dict())
+    for m in (whole, merged):
+        assert m.n == 1000
+        np.testing.assert_allclose(m.mean, x.mean(0), rtol=1e-14)
+        np.testing.assert_allclose(m.std(), x.std(0), rtol=1e-6)
+    naive = np.sqrt(np.maximum((x**2).mean(0) - x.mean(0) ** 2, 0))
+    assert np.abs(naive / x.std(0) - 1).max() > 0.01

@@ -11,6 +11,8 @@ mergeable reducer (``reducers.py``, ``sketch.py``): two shards merge into the on
 
 from __future__ import annotations
 
+import warnings
+
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -401,7 +403,9 @@ class LayerResult:
         best = np.nanargmax(np.where(np.isnan(cm), -np.inf, cm), axis=0)
         mu_max = cm[best, np.arange(cm.shape[1])]
         rest = np.where(np.arange(cm.shape[0])[:, None] == best[None, :], np.nan, cm)
-        mu_rest = np.nanmean(rest, axis=0) if cm.shape[0] > 1 else np.zeros_like(mu_max)
+        with warnings.catch_warnings():  # a unit whose data holds one class only: no "rest", index 0
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mu_rest = np.nanmean(rest, axis=0) if cm.shape[0] > 1 else np.zeros_like(mu_max)
         with np.errstate(invalid="ignore", divide="ignore"):
             si = np.where(mu_max + mu_rest > 0, (mu_max - mu_rest) / (mu_max + mu_rest), 0.0)
         return best, si
