@@ -112,10 +112,11 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool) -> None:
     g.add_argument("--limit", type=int, metavar="N", help="use at most N examples for the data pass (default: all)")
 
 
-def _add_engine_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("cluster (the data pass, feature visualization and attribution)")
+def _add_engine_args(p: argparse.ArgumentParser, what: str = "the data pass, feature visualization and attribution",
+                     per_task: str | None = None) -> None:
+    g = p.add_argument_group(f"cluster ({what})")
     g.add_argument("--engine", choices=["local", "ray"], default="local",
-                   help="run them in this process, or as shards and tasks on a Ray cluster with the same results "
+                   help="run it in this process, or as shards and tasks on a Ray cluster with the same results "
                         "(needs pip install 'neuronscope[ray]'; default: local)")
     g.add_argument("--address", metavar="ADDR", help="the Ray cluster to join, e.g. auto or ray://head:10001 "
                                                      "(default: start a local one)")
@@ -124,6 +125,8 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--shard-size", type=int, default=2048, metavar="N",
                    help="examples per shard (default: 2048); each shard sends ~8 KB per unit to the driver, so "
                         "raise it for passes over millions of examples")
+    if per_task:
+        g.add_argument("--per-task", type=int, default=64, metavar="N", help=per_task)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -238,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                               "the first TARGET while staying close to them")
     p.add_argument("--strength", type=float, default=1.0, help="closeness penalty for --accentuate (default: 1)")
     p.add_argument("--seed", type=int, default=0)
+    _add_engine_args(p, "feature visualization of many units",
+                     per_task="units of a whole-layer TARGET per Ray task (default: 64)")
 
     p = sub.add_parser("explain", help="show which parts of an input drove an output, with trust checks", formatter_class=fmt,
                        description="Attribution maps from Captum (integrated gradients, SmoothGrad, Grad-CAM, occlusion, "
@@ -334,6 +339,16 @@ def _subject_from_args(args, columns=None, input_shape=None):
     )
 
 
+def _engine(args):
+    """The engine of --engine/--address/--workers/--shard-size; its workers load MODEL the way it
+    was given here rather than receiving this process's copy."""
+    from .engines import get_engine
+    from .engines.ray_engine import ModelSpec
+
+    return get_engine(args.engine, address=args.address, workers=args.workers, shard_size=args.shard_size,
+                      model_spec=ModelSpec(str(args.model), args.weights, args.trust_pickle))
+
+
 def _report(args) -> int:
     from .data import open_data
     from .pipeline import ReportOptions, report
@@ -349,13 +364,8 @@ def _report(args) -> int:
     layers = getattr(args, "layers", None)
     opts = ReportOptions(layers=layers.split(",") if layers else None, limit=args.limit,
                          batch_size=getattr(args, "batch_size", 64), progress=not args.quiet)
-    if getattr(args, "engine", "local") != "local":
-        from .engines import get_engine
-        from .engines.ray_engine import ModelSpec
-
-        # workers load the model the way it was given here, rather than receiving this process's copy
-        opts.engine = get_engine(args.engine, address=args.address, workers=args.workers, shard_size=args.shard_size,
-                                 model_spec=ModelSpec(str(args.model), args.weights, args.trust_pickle))
+    if args.engine != "local":
+        opts.engine = _engine(args)
     if args.command == "examples":
         opts.k, opts.reduce, opts.max_units = args.k, args.reduce, args.pictures
         opts.sections = ("overview", "examples")
@@ -494,10 +504,18 @@ def _visualize(args) -> int:
         return _accentuate(args, subject, data, out)
     from .analyses.featvis import visualize
 
-    vis = visualize(subject, args.targets, units=_units(args.units), data=data, seeds=args.seeds,
-                    negative=not args.no_negative, diverse=args.diverse, steps=args.steps, param=args.param,
-                    transforms=args.transforms, decay_power=args.decay_power, lr=args.lr,
-                    class_objective=args.class_objective, seed=args.seed, progress=not args.quiet)
+    options = dict(data=data, seeds=args.seeds, negative=not args.no_negative, diverse=args.diverse, steps=args.steps,
+                   param=args.param, transforms=args.transforms, decay_power=args.decay_power, lr=args.lr,
+                   class_objective=args.class_objective, seed=args.seed)
+    if args.engine == "local":
+        vis = visualize(subject, args.targets, units=_units(args.units), progress=not args.quiet, **options)
+    elif len(args.targets) == 1 and ":" not in args.targets[0]:  # a whole layer: batches of units as tasks
+        layer = subject.layer(args.targets[0])
+        units = _units(args.units) or range(layer.channels or 1)
+        vis = _engine(args).visualize(subject, layer.name, units, per_task=args.per_task, **options)
+    else:
+        [vis] = _engine(args).map_calls(subject, data, visualize, [((args.targets,), {
+            **options, "units": _units(args.units), "progress": False})], desc="feature visualization")
     for name, image in vis.images().items():
         atomic_write(out / f"{name}.png", png_bytes(image))
     table = vis.tables()["targets"]

@@ -197,21 +197,42 @@ def test_an_interrupted_driver_resumes_without_redoing_finished_shards(ray_clust
     assert_same_store(tmp_path / "local", out)
 
 
-def test_cli_engine_ray_loads_the_model_from_its_spec_and_writes_the_same_store(ray_cluster, folder, tmp_path):
-    from neuronscope.cli import main
-
-    (tmp_path / "net.py").write_text(textwrap.dedent("""
+@pytest.fixture(scope="module")
+def model_spec(tmp_path_factory) -> list[str]:
+    """The small model as a user names it on the command line: file.py:factory plus weights."""
+    root = tmp_path_factory.mktemp("model")
+    (root / "net.py").write_text(textwrap.dedent("""
         from torch import nn
         def make():
             return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 6, 3),
                                  nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 2))
     """))
-    torch.save(make_model().state_dict(), tmp_path / "w.pt")
-    common = [f"{tmp_path / 'net.py'}:make", "--weights", str(tmp_path / "w.pt"), "--data", str(folder),
-              "--batch-size", "16", "--input-shape", "3,12,12", "--classes", "dark,light"]
+    torch.save(make_model().state_dict(), root / "w.pt")
+    return [f"{root / 'net.py'}:make", "--weights", str(root / "w.pt"), "--input-shape", "3,12,12",
+            "--classes", "dark,light"]
+
+
+def test_cli_engine_ray_loads_the_model_from_its_spec_and_writes_the_same_store(ray_cluster, folder, model_spec,
+                                                                                tmp_path):
+    from neuronscope.cli import main
+
+    common = [*model_spec, "--data", str(folder), "--batch-size", "16"]
     assert main(["-q", "examples", *common, "--out", str(tmp_path / "local")]) == 0
     assert main(["-q", "examples", *common, "--out", str(tmp_path / "ray"), "--engine", "ray", "--workers", "2"]) == 0
     assert_same_store(tmp_path / "local", tmp_path / "ray", sections=("examples", "layer_stats"))
+
+
+def test_cli_visualize_many_units_as_tasks_writes_the_pictures_of_the_same_batches(ray_cluster, model_spec, tmp_path):
+    from neuronscope.cli import main
+
+    common = ["visualize", *model_spec, "3", "--units", "0-4", "--steps", "6", "--seeds", "2", "--no-negative"]
+    assert main(["-q", *common, "--out", str(tmp_path / "ray"), "--engine", "ray", "--workers", "1",
+                 "--per-task", "2"]) == 0
+    written = sorted(p.relative_to(tmp_path / "ray").as_posix() for p in (tmp_path / "ray").rglob("*.png"))
+    assert written == [*(f"3/{u}-pos.png" for u in range(5)), "3/grid.png"], written  # from 3 tasks
+    # the last task drew unit 4 alone: the same picture as drawing unit 4 alone in one process
+    assert main(["-q", *[a if a != "0-4" else "4" for a in common], "--out", str(tmp_path / "local")]) == 0
+    assert (tmp_path / "local" / "3" / "4-pos.png").read_bytes() == (tmp_path / "ray" / "3" / "4-pos.png").read_bytes()
 
 
 def test_feature_visualization_and_attribution_run_as_tasks_with_the_same_results(ray_cluster, folder, tmp_path):
