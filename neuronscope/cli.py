@@ -123,8 +123,8 @@ def _add_engine_args(p: argparse.ArgumentParser, what: str = "the data pass, fea
     g.add_argument("--workers", type=int, metavar="N", help="Ray workers, each holding the model once "
                                                             "(default: one per GPU, else one per two CPUs)")
     g.add_argument("--shard-size", type=int, default=2048, metavar="N",
-                   help="examples per shard (default: 2048); each shard sends ~8 KB per unit to the driver, so "
-                        "raise it for passes over millions of examples")
+                   help="examples per shard (default: 2048): the work a dead worker or an interrupted run "
+                        "redoes; each finished shard is kept on disk (~8 KB per unit) until the pass is stored")
     if per_task:
         g.add_argument("--per-task", type=int, default=64, metavar="N", help=per_task)
 

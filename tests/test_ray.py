@@ -107,6 +107,7 @@ def test_the_store_is_the_same_with_and_without_ray(ray_cluster, folder, tmp_pat
     opts = ReportOptions(**{**PASS_ONLY.__dict__, "engine": eng})
     analyze(subject(), open_data(folder, input_shape=(3, 12, 12)), tmp_path / "ray", opts)
     assert eng.last["shards"] == 4 and eng.last["workers"] == 2 and eng.last["reused"] == 0
+    assert eng.last["states_merged"] == 2, "each worker merges its own shards: one state per worker comes back"
     assert_same_store(tmp_path / "local", tmp_path / "ray")
     assert not list((tmp_path / "ray").glob(".pass-checkpoint*")), "finished shards are cleared once stored"
 
@@ -147,6 +148,25 @@ def test_a_worker_that_dies_mid_shard_is_replaced_and_the_result_is_the_same(ray
     # calibration read it, the shard died on it, the fresh worker read it (the pictures may read it again)
     assert int((tmp_path / "died").read_text()) >= 3 and eng.last["retried"] == 1
     assert_same_store(tmp_path / "local", tmp_path / "ray")
+
+
+def test_without_a_checkpoint_a_dead_workers_shards_run_again(ray_cluster, folder, tmp_path):
+    """No folder to keep shards in (the API without checkpoint=): what the dead worker had merged
+    is gone, so its finished shards are run again on the fresh worker."""
+    from neuronscope.analyses.examples import examples
+
+    local = examples(subject(), open_data(folder, input_shape=(3, 12, 12)), batch_size=16, pictures=False,
+                     progress=False)
+    data = DiesOnce(folder, (3, 12, 12))
+    data.marker = str(tmp_path / "died")
+    eng = engine()
+    sharded = examples(subject(), data, batch_size=16, pictures=False, progress=False, engine=eng)
+    assert eng.last["retried"] == 1 and eng.last["read_bytes"] == 0
+    for name, w in local.layers.items():
+        m = sharded.layers[name]
+        assert m.top.ids == w.top.ids and m.bottom.ids == w.bottom.ids
+        np.testing.assert_array_equal(m.hist_counts, w.hist_counts)
+        np.testing.assert_allclose(m.std, w.std, rtol=1e-6, atol=1e-9)
 
 
 DRIVER = textwrap.dedent("""

@@ -7,18 +7,22 @@ the same code on a laptop and on a cluster. Here:
   once (or, given ``model_spec``, each worker loads it from the ``MODEL`` spec the user gave), the
   data object likewise; tasks carry only positions. A worker gets a GPU when the cluster has them.
 - **Shards** are ranges of listed positions, :data:`SHARD` examples each (fixed, so a resumed
-  run finds the same shards whatever the number of workers). Each worker feeds the unchanged
-  reducers (dataset examples, model sanity) on its shard and returns their states; the driver
-  merges them in shard order. The histogram edges come first, from the same calibration sample
-  the one-process pass uses, so every shard bins alike.
+  run finds the same shards whatever the number of workers). A worker feeds the unchanged
+  reducers (dataset examples, model sanity) on a shard, writes the shard's state beside the pass
+  checkpoint and merges it into its own running state; the driver collects one state per worker
+  at the end, so what it receives grows with workers x units, not shards x units. The histogram
+  edges come first, from the same calibration sample the one-process pass uses, so every shard
+  bins alike.
 - **Equal to one process**: the same examples at the same ranks, the same counts and range
   samples; means and spreads equal to rounding (the reducers' merge semantics). Shards start on
   the one-process pass's batch boundaries, so activations are bit for bit the same; only an
   unreadable file, which shifts the later one-process batches, can move float32 activations in
   their last bits.
 - **Failures**: a worker that dies is replaced by a fresh one and its shard rerun from its
-  start (up to :data:`RETRIES` times). Every finished shard is written atomically beside the pass
-  checkpoint, so an interrupted driver resumes without redoing finished shards.
+  start (up to :data:`RETRIES` times); the shards it had merged are read from their files (or run
+  again when there is no checkpoint folder). Every finished shard is written atomically, so an
+  interrupted driver resumes without redoing finished shards. The checkpoint folder must be
+  visible to the workers (one machine, or a shared file system).
 """
 
 from __future__ import annotations
@@ -127,6 +131,7 @@ class PassWorker:
         for d in directions:
             self.subject.add_directions(d)
         self.data = data
+        self._held: dict = {}  # reducers merged over the shards this worker ran in the current pass
 
     def calibrate(self, limit, layers, blanks, batch_size, reduce) -> dict:
         """The histogram edges of every examples reducer, from the same first examples the
@@ -154,12 +159,14 @@ class PassWorker:
         mine = lambda v: self.data if isinstance(v, _WorkerData) else v  # noqa: E731
         return function(self.subject, *(mine(a) for a in args), **{k: mine(v) for k, v in kwargs.items()})
 
-    def shard(self, span, layers, blanks, batch_size, reduce):
-        """Feed fresh reducers from positions ``span = (start, stop, limit)``: [start, stop), at most
-        ``limit`` examples (None: all)."""
+    def shard(self, item, layers, blanks, batch_size, reduce):
+        """Feed fresh reducers from positions ``item = (start, stop, limit, file)``: [start, stop),
+        at most ``limit`` examples (None: all). The shard's state is written to ``file`` (when
+        given, for a resumed driver) and merged into this worker's running state; only counts go
+        back to the driver, which collects the merged state once at the end (:meth:`held`)."""
         from ..analyses.stream import stream
 
-        start, stop, limit = span
+        start, stop, limit, file = item
         reducers = {n: _build(b, self.subject) for n, b in blanks.items()}
         done, end = 0, start
         for step in stream(self.subject, self.data, layers, start=start, stop=stop, limit=limit,
@@ -168,8 +175,20 @@ class PassWorker:
                 red.add(step)
             done += len(step.batch.ids)
             end = step.batch.stop
-        states = {n: red.state_dict() for n, red in reducers.items()}
-        return done, end, _flatten(states)
+        if file is not None:
+            _save(Path(file), {**_flatten({n: red.state_dict() for n, red in reducers.items()}),
+                               "_done": np.array(done), "_end": np.array(end)})
+        for n, red in reducers.items():
+            self._held[n] = red if n not in self._held else self._held[n].merge(red)
+        return done, end
+
+    def reset(self) -> None:
+        """Forget the running state: a new pass begins."""
+        self._held = {}
+
+    def held(self) -> dict:
+        """This worker's merged state of every shard it ran since :meth:`reset` (flat arrays)."""
+        return _flatten({n: red.state_dict() for n, red in self._held.items()})
 
 
 # ----------------------------------------------------------------------------- the driver
@@ -229,9 +248,10 @@ class RayEngine:
         self._pool_key = key
         return self._actors
 
-    def _map(self, method: str, items: list, *args):
-        """Yield ``(item, result)`` as workers finish ``method(item, *args)``; a worker that dies is
-        replaced and its item rerun from the start (up to :data:`RETRIES` times)."""
+    def _map(self, method: str, items: list, *args, on_replace=None):
+        """Yield ``(item, result, worker)`` as workers finish ``method(item, *args)``. A worker that
+        dies is replaced and its item rerun from the start (up to :data:`RETRIES` times);
+        ``on_replace(worker)`` returns further items to run again (what the dead worker held)."""
         import ray
         from ray.exceptions import RayActorError, RayTaskError
 
@@ -258,11 +278,15 @@ class RayEngine:
                                            "input; giving up.") from None
                 self._actors[w] = self._spawn()
                 pending.append(k)
+                for extra in (on_replace(w) if on_replace is not None else []):
+                    items.append(extra)
+                    tries.append(0)
+                    pending.append(len(items) - 1)
             except RayTaskError as e:
                 cause = getattr(e, "cause", None)
                 raise (cause if isinstance(cause, NeuronscopeError) else e) from None
             else:
-                yield items[k], result
+                yield items[k], result, w
             submit(w)
 
     def map_calls(self, subject, data, function, calls: list[tuple[tuple, dict]], *, desc: str = "tasks",
@@ -281,7 +305,7 @@ class RayEngine:
         bar = progress_bar(total=len(jobs), desc=f"{desc} ({len(self._actors)} Ray workers)", unit="task",
                            enabled=progress)
         try:
-            for (i, *_), result in self._map("call", jobs):
+            for (i, *_), result, _ in self._map("call", jobs):
                 out[i] = result
                 bar.update(1)
         finally:
@@ -341,7 +365,7 @@ class RayEngine:
         if needs_edges:
             edges = _load(folder / "edges.npz") if folder is not None and (folder / "edges.npz").exists() else None
             if edges is None:
-                [(_, edges)] = self._map("calibrate", [limit], layers, blanks, batch_size, reduce)
+                [(_, edges, _)] = self._map("calibrate", [limit], layers, blanks, batch_size, reduce)
                 if folder is not None:
                     _save(folder / "edges.npz", {f"{n}::{layer}::{i}": e[i] for n, ed in edges.items()
                                                  for layer, e in ed.items() for i in (0, 1)})
@@ -351,39 +375,79 @@ class RayEngine:
                 blanks[n][1]["edges"] = edges[n]
 
         shards = [(s, min(s + size, end)) for s in range(0, end, size)]
-        results: dict[tuple[int, int], tuple] = {}
-        for s, e in shards:
-            f = folder / f"{s:012d}-{e:012d}.npz" if folder is not None else None
-            if f is not None and f.exists():
-                saved = _load(f)
-                results[(s, e)] = (int(saved.pop("_done")), int(saved.pop("_end")), saved)
-        reused = len(results)
+        def file(sh) -> str | None:  # where a shard's state is kept for a resumed run ((start, None): the tail)
+            return None if folder is None else str(folder / f"{sh[0]:012d}-{'end' if sh[1] is None else f'{sh[1]:012d}'}.npz")
+
+        counts: dict[tuple, tuple[int, int]] = {}  # shard -> (examples seen, position reached)
+        on_disk: dict[tuple, dict] = {}  # states the driver reads itself: a resumed run's, a dead worker's
+        owner: dict[tuple, int] = {}  # shard -> the worker whose running state holds it
+        gathered: list[dict] = []  # running states collected from workers
+
+        def from_disk(sh) -> bool:
+            f = file(sh)
+            if f is None or not Path(f).exists():
+                return False
+            saved = _load(Path(f))
+            counts[sh] = (int(saved.pop("_done")), int(saved.pop("_end")))
+            on_disk[sh] = saved
+            return True
+
+        for sh in shards:
+            from_disk(sh)
+        reused = len(on_disk)
+        import ray
+        from ray.exceptions import RayActorError
+
+        ray.get([a.reset.remote() for a in actors])
         bar = progress_bar(total=end, desc=f"{desc} ({len(actors)} Ray workers)", unit="ex", enabled=progress)
-        bar.update(sum(r[0] for r in results.values()))
-        todo = [sh for sh in shards if sh not in results]
+        bar.update(sum(c[0] for c in counts.values()))
+
+        def lost(w) -> list:
+            """Worker ``w`` died with its running state: read its shards from disk, or run them again."""
+            again = []
+            for sh in [sh for sh, o in owner.items() if o == w]:
+                del owner[sh]
+                done = counts.pop(sh)[0]
+                if not from_disk(sh):
+                    bar.update(-done)
+                    again.append((*sh, None if sh[1] is not None else tail_limit[0], file(sh)))
+            return again
+
+        tail_limit = [None]
+        todo = [(s, e, None, file((s, e))) for s, e in shards if (s, e) not in counts]
         try:
-            for (s, e, _), (done, stop, flat) in self._map("shard", [(s, e, None) for s, e in todo],
-                                                           layers, blanks, batch_size, reduce):
-                results[(s, e)] = (done, stop, flat)
-                if folder is not None:
-                    _save(folder / f"{s:012d}-{e:012d}.npz", {**flat, "_done": np.array(done), "_end": np.array(stop)})
-                bar.update(done)
-            seen = sum(results[sh][0] for sh in shards)
-            if limit is not None and seen < int(limit) and end < len(data):
-                # unreadable examples inside the first `limit` positions: the one-process pass reads on
-                [(_, (done, stop, flat))] = self._map("shard", [(end, None, int(limit) - seen)], layers, blanks,
-                                                      batch_size, reduce)
-                shards.append((end, len(data)))
-                results[(end, len(data))] = (done, stop, flat)
-                bar.update(done)
+            while todo:
+                for (s, e, _, _), (done, stop), w in self._map("shard", todo, layers, blanks, batch_size, reduce,
+                                                              on_replace=lost):
+                    counts[(s, e)], owner[(s, e)] = (done, stop), w
+                    bar.update(done)
+                todo = []
+                seen = sum(counts[sh][0] for sh in shards)
+                if limit is not None and seen < int(limit) and end < len(data) and (end, None) not in shards:
+                    # unreadable examples inside the first `limit` positions: the one-process pass reads on
+                    shards.append((end, None))
+                    tail_limit[0] = int(limit) - seen
+                    if not from_disk((end, None)):
+                        todo = [(end, None, tail_limit[0], file((end, None)))]
+                    continue
+                for w in sorted(set(owner.values())):  # each worker's running state, once
+                    try:
+                        gathered.append(ray.get(self._actors[w].held.remote()))
+                        ray.get(self._actors[w].reset.remote())
+                    except RayActorError:
+                        self.retried += 1
+                        self._actors[w] = self._spawn()
+                        todo += lost(w)
+                        continue
+                    for sh in [sh for sh, o in owner.items() if o == w]:
+                        del owner[sh]
         finally:
             bar.close()
 
         t_merge = time.perf_counter()
         merged: dict = {}
-        for sh in shards:
-            states = _unflatten(results[sh][2])
-            for name, state in states.items():
+        for flat in [*(on_disk[sh] for sh in shards if sh in on_disk), *gathered]:
+            for name, state in _unflatten(flat).items():
                 part = _build(blanks[name], subject)
                 part.load_state_dict(state)
                 merged[name] = part if name not in merged else merged[name].merge(part)
@@ -391,9 +455,10 @@ class RayEngine:
             if name in merged:
                 red.load_state_dict(merged[name].state_dict())
         self.last = {"shards": len(shards), "reused": reused, "workers": len(actors), "retried": self.retried,
-                     "merge_seconds": time.perf_counter() - t_merge,
-                     "received_bytes": int(sum(v.nbytes for r in results.values() for v in r[2].values()))}
-        return sum(results[sh][0] for sh in shards)
+                     "merge_seconds": time.perf_counter() - t_merge, "states_merged": len(on_disk) + len(gathered),
+                     "received_bytes": int(sum(v.nbytes for flat in gathered for v in flat.values())),
+                     "read_bytes": int(sum(v.nbytes for flat in on_disk.values() for v in flat.values()))}
+        return sum(counts[sh][0] for sh in shards)
 
 
 def _pickle_user_code_by_value(objects) -> None:
