@@ -353,6 +353,9 @@ class RayEngine:
     def run_pass(self, subject, data, layers, reducers, *, reduce=None, limit=None, batch_size=64,
                  checkpoint=None, key="", desc="data pass", progress=True, every_s=None) -> int:
         """Fill ``reducers`` as :func:`~neuronscope.analyses.stream.run_pass` would, shard by shard."""
+        import ray
+        from ray.exceptions import RayActorError
+
         layers = list(layers)
         self.retried = 0
         blanks = {n: _blank(r) for n, r in reducers.items()}
@@ -375,6 +378,7 @@ class RayEngine:
                 blanks[n][1]["edges"] = edges[n]
 
         shards = [(s, min(s + size, end)) for s in range(0, end, size)]
+
         def file(sh) -> str | None:  # where a shard's state is kept for a resumed run ((start, None): the tail)
             return None if folder is None else str(folder / f"{sh[0]:012d}-{'end' if sh[1] is None else f'{sh[1]:012d}'}.npz")
 
@@ -395,9 +399,6 @@ class RayEngine:
         for sh in shards:
             from_disk(sh)
         reused = len(on_disk)
-        import ray
-        from ray.exceptions import RayActorError
-
         ray.get([a.reset.remote() for a in actors])
         bar = progress_bar(total=end, desc=f"{desc} ({len(actors)} Ray workers)", unit="ex", enabled=progress)
         bar.update(sum(c[0] for c in counts.values()))
