@@ -364,7 +364,7 @@ def _report(args) -> int:
     layers = getattr(args, "layers", None)
     opts = ReportOptions(layers=layers.split(",") if layers else None, limit=args.limit,
                          batch_size=getattr(args, "batch_size", 64), progress=not args.quiet)
-    if args.engine != "local":
+    if getattr(args, "engine", "local") != "local":  # report, examples
         opts.engine = _engine(args)
     if args.command == "examples":
         opts.k, opts.reduce, opts.max_units = args.k, args.reduce, args.pictures
