@@ -249,3 +249,25 @@ def test_a_wide_layer_is_paged_and_every_card_is_in_one_script_chunk(wide_report
     assert len(list((wide_report / "units" / "1").glob("*.html"))) == WIDE_UNITS
     # pages stay light: no page carries the whole layer
     assert max(p.stat().st_size for p in wide_report.rglob("*.html")) < 400_000
+
+
+def test_sanity_errors_are_the_same_however_the_pass_was_cut():
+    """Tied confidences go by id, so shards merged in any order list the same errors."""
+    from neuronscope.analyses.sanity import SanityReducer
+    from neuronscope.analyses.stream import Step
+    from neuronscope.data import Batch
+
+    s = Subject(small_cnn(), (3, 16, 16), classes=["dark", "light"])
+    ids = [f"x{i}" for i in range(6)][::-1]
+    logits = torch.tensor([[5.0, -5.0]] * 6)  # every one predicted "dark" with the same confidence
+
+    def step(lo, hi):
+        return Step(Batch(ids[lo:hi], torch.zeros(hi - lo, 3, 16, 16), torch.ones(hi - lo, dtype=torch.long)), {},
+                    logits[lo:hi])
+
+    whole = SanityReducer(s, n_errors=4)
+    whole.add(step(0, 6))
+    a, b = SanityReducer(s, n_errors=4), SanityReducer(s, n_errors=4)
+    a.add(step(0, 3))
+    b.add(step(3, 6))
+    assert whole.result().errors["id"] == b.merge(a).result().errors["id"] == ["x0", "x1", "x2", "x3"]

@@ -152,7 +152,8 @@ class SanityReducer:
             res.confusion = np.zeros((k, k), dtype=np.int64)
             np.add.at(res.confusion, (y, pred), 1)
             wrong = np.flatnonzero(pred != y)
-            wrong = wrong[np.argsort(-conf[wrong], kind="stable")][: self.n_errors]
+            # ties (a confidence of exactly 1.0 is common) go by id: the same list however the pass was sharded
+            wrong = wrong[np.lexsort((np.array(self.ids)[wrong], -conf[wrong]))][: self.n_errors]
             res.errors = {"id": [self.ids[i] for i in wrong], "true": [s.classes[y[i]] for i in wrong],
                           "predicted": [s.classes[pred[i]] for i in wrong],
                           "confidence": [float(conf[i]) for i in wrong]}
@@ -176,7 +177,7 @@ class SanityReducer:
         ss_tot = ((y - y.mean(0)) ** 2).sum()
         res.r2 = float(1 - (resid**2).sum() / ss_tot) if ss_tot > 0 else float("nan")
         k = min(self.n_errors, n)
-        worst = np.argsort(-np.abs(resid).max(1), kind="stable")[:k]
+        worst = np.lexsort((np.array(self.ids), -np.abs(resid).max(1)))[:k]  # ties by id, as above
         res.errors = {"id": [self.ids[i] for i in worst], "target": [float(y[i, 0]) for i in worst],
                       "predicted": [float(out[i, 0]) for i in worst]}
         if res.r2 < 0:

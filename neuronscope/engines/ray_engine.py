@@ -1,4 +1,5 @@
-"""The data pass sharded over a Ray cluster, with results equal to one process.
+"""The report's heavy work on a Ray cluster, with results equal to one process: the data pass in
+shards, feature visualization and attribution as tasks.
 
 Ray (Moritz et al. 2018, "Ray: A Distributed Framework for Emerging AI Applications", OSDI) runs
 the same code on a laptop and on a cluster. Here:
@@ -18,6 +19,10 @@ the same code on a laptop and on a cluster. Here:
   the one-process pass's batch boundaries, so activations are bit for bit the same; only an
   unreadable file, which shifts the later one-process batches, can move float32 activations in
   their last bits.
+- **Tasks**: :meth:`RayEngine.map_calls` runs whole ``visualize``/``explain`` calls on the
+  workers (each holds the subject and data), so a task's pictures and maps are the ones the same
+  call gives in one process; :meth:`RayEngine.visualize` cuts many units into batches and
+  :meth:`RayEngine.explain` many inputs into chunks.
 - **Failures**: a worker that dies is replaced by a fresh one and its shard rerun from its
   start (up to :data:`RETRIES` times); the shards it had merged are read from their files (or run
   again when there is no checkpoint folder). Every finished shard is written atomically, so an
