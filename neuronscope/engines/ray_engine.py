@@ -15,7 +15,9 @@ the same code on a laptop and on a cluster. Here:
   edges come first, from the same calibration sample the one-process pass uses, so every shard
   bins alike.
 - **Equal to one process**: the same examples at the same ranks, the same counts and range
-  samples; means and spreads equal to rounding (the reducers' merge semantics). Shards start on
+  samples; means and spreads equal to rounding; quantiles within the sketch's rank-error bound
+  (exact up to 1,024 examples; see :mod:`~neuronscope.analyses.sketch`): the reducers' merge
+  semantics. Shards start on
   the one-process pass's batch boundaries, so activations are bit for bit the same; only an
   unreadable file, which shifts the later one-process batches, can move float32 activations in
   their last bits.
