@@ -289,6 +289,10 @@ def test_many_units_and_many_inputs_split_into_tasks_like_the_same_calls_in_one_
     last = explain(s, data.get(batch.ids[8:]), target="predicted", method="integrated_gradients", n_steps=8,
                    curves=False, randomisation=False, progress=False)
     torch.testing.assert_close(parts[2]["integrated_gradients"].maps, last["integrated_gradients"].maps)
+    from ray import cloudpickle
+
+    assert parts[0].target.forward is None, "the answer does not carry the model back"
+    assert b"torch.nn.modules.conv" not in cloudpickle.dumps(parts[0])
 
 
 def test_the_one_process_path_never_imports_ray(folder, tmp_path):

@@ -115,6 +115,18 @@ class _WorkerData:
 WORKER_DATA = _WorkerData()
 
 
+def _without_model(result):
+    """An attribution result's target reads the model through closures (``forward``, ``build``):
+    sent back as they are, every task's answer would carry the whole network. The maps, scores and
+    checks are computed; the closures go (``target.forward`` is None on the driver)."""
+    import dataclasses
+
+    target = getattr(result, "target", None)
+    if dataclasses.is_dataclass(result) and getattr(target, "forward", None) is not None and hasattr(target, "build"):
+        return dataclasses.replace(result, target=dataclasses.replace(target, forward=None, build=None))
+    return result
+
+
 # ----------------------------------------------------------------------------- the worker
 class PassWorker:
     """One Ray actor: the Subject and the data, rebuilt once, running shards of the data pass."""
@@ -164,7 +176,7 @@ class PassWorker:
         module, attr = name.split(":")
         function = getattr(importlib.import_module(module), attr)
         mine = lambda v: self.data if isinstance(v, _WorkerData) else v  # noqa: E731
-        return function(self.subject, *(mine(a) for a in args), **{k: mine(v) for k, v in kwargs.items()})
+        return _without_model(function(self.subject, *(mine(a) for a in args), **{k: mine(v) for k, v in kwargs.items()}))
 
     def shard(self, item, layers, blanks, batch_size, reduce):
         """Feed fresh reducers from positions ``item = (start, stop, limit, file)``: [start, stop),
