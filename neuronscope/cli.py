@@ -122,11 +122,12 @@ def _add_engine_args(p: argparse.ArgumentParser, what: str = "the data pass, fea
                                                      "(default: start a local one)")
     g.add_argument("--workers", type=int, metavar="N", help="Ray workers, each holding the model once "
                                                             "(default: one per GPU, else one per two CPUs)")
+    if per_task:
+        g.add_argument("--per-task", type=int, default=64, metavar="N", help=per_task)
+        return
     g.add_argument("--shard-size", type=int, default=2048, metavar="N",
                    help="examples per shard (default: 2048): the work a dead worker or an interrupted run "
                         "redoes; each finished shard is kept on disk (~8 KB per unit) until the pass is stored")
-    if per_task:
-        g.add_argument("--per-task", type=int, default=64, metavar="N", help=per_task)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -283,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                                  "the randomisation sanity check")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the PNGs and CSV files")
     p.add_argument("--seed", type=int, default=0)
+    _add_engine_args(p, "attribution of many inputs", per_task="inputs per Ray task (default: 64)")
 
     p = sub.add_parser("tabular", help="which input columns matter, and the logistic-regression reading", formatter_class=fmt,
                        description="For a network on plain numeric vectors (a table): a one-layer network read exactly as "
@@ -345,7 +347,7 @@ def _engine(args):
     from .engines import get_engine
     from .engines.ray_engine import ModelSpec
 
-    return get_engine(args.engine, address=args.address, workers=args.workers, shard_size=args.shard_size,
+    return get_engine(args.engine, address=args.address, workers=args.workers, shard_size=getattr(args, "shard_size", None),
                       model_spec=ModelSpec(str(args.model), args.weights, args.trust_pickle))
 
 
@@ -610,10 +612,14 @@ def _explain(args) -> int:
     subject, data = _subject_and_optional_data(args, args.target_column)
     batch = _explain_inputs(args, subject, data)
     target = _output(args.explain_target) if args.explain_target != "predicted" else "predicted"
-    e = explain(subject, batch, target=target, method=args.method.split(",") if args.method else None, data=data,
-                baseline=args.baseline, layer=args.layer, n_steps=args.steps, samples=args.samples, window=args.window,
-                batch_size=args.batch_size, curves=not args.no_checks, randomisation=not args.no_checks,
-                allow_guided=args.allow_guided, seed=args.seed, progress=not args.quiet)
+    options = dict(target=target, method=args.method.split(",") if args.method else None, data=data,
+                   baseline=args.baseline, layer=args.layer, n_steps=args.steps, samples=args.samples,
+                   window=args.window, batch_size=args.batch_size, curves=not args.no_checks,
+                   randomisation=not args.no_checks, allow_guided=args.allow_guided, seed=args.seed)
+    if args.engine == "local":
+        e = explain(subject, batch, progress=not args.quiet, **options)
+    else:  # chunks of --per-task inputs, one Ray task each, joined
+        e = _engine(args).explain(subject, batch, per_task=args.per_task, **options)
     out = Path(args.out)
 
     def write_csv(name, rows):

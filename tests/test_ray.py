@@ -283,16 +283,21 @@ def test_many_units_and_many_inputs_split_into_tasks_like_the_same_calls_in_one_
     alone = visualize(s, "1", units=[6, 7], steps=6, seeds=2, diverse=0, negative=False, progress=False)
     np.testing.assert_array_equal(v.results[6].images, alone.results[0].images)
     batch = data.get(data.ids()[:10])
-    parts = eng.explain(s, batch, per_task=4, target="predicted", method="integrated_gradients", n_steps=8,
-                        curves=False, randomisation=False)
-    assert [len(p.ids) for p in parts] == [4, 4, 2] and sum((p.ids for p in parts), []) == batch.ids
-    last = explain(s, data.get(batch.ids[8:]), target="predicted", method="integrated_gradients", n_steps=8,
-                   curves=False, randomisation=False, progress=False)
-    torch.testing.assert_close(parts[2]["integrated_gradients"].maps, last["integrated_gradients"].maps)
+    e = eng.explain(s, batch, per_task=4, target="predicted", method=["integrated_gradients", "occlusion"],
+                    n_steps=8)
+    assert e.ids == batch.ids and len(e["occlusion"].curves.deletion_auc) == 10
+    assert e.target.labels == [f"class {c} (predicted)" for c in e.predicted]
+    first = explain(s, data.get(batch.ids[:4]), target="predicted", method=["integrated_gradients", "occlusion"],
+                    n_steps=8, progress=False)
+    last = explain(s, data.get(batch.ids[8:]), target="predicted", method=["integrated_gradients", "occlusion"],
+                   n_steps=8, randomisation=False, progress=False)
+    torch.testing.assert_close(e["integrated_gradients"].maps[8:], last["integrated_gradients"].maps)
+    np.testing.assert_allclose(e["occlusion"].curves.insertion_auc[8:], last["occlusion"].curves.insertion_auc)
+    assert e["integrated_gradients"].randomisation.correlations == first["integrated_gradients"].randomisation.correlations
     from ray import cloudpickle
 
-    assert parts[0].target.forward is None, "the answer does not carry the model back"
-    assert b"torch.nn.modules.conv" not in cloudpickle.dumps(parts[0])
+    assert e.target.forward is None, "the answers do not carry the model back"
+    assert b"torch.nn.modules.conv" not in cloudpickle.dumps(e)
 
 
 def test_the_one_process_path_never_imports_ray(folder, tmp_path):
@@ -309,3 +314,18 @@ def test_the_one_process_path_never_imports_ray(folder, tmp_path):
     """)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_cli_explain_many_inputs_as_tasks_writes_the_same_files(ray_cluster, folder, model_spec, tmp_path):
+    from neuronscope.cli import main
+
+    common = ["explain", *model_spec, "--data", str(folder), "--limit", "6", "--method", "integrated_gradients",
+              "--steps", "8", "--no-checks"]
+    assert main(["-q", *common, "--out", str(tmp_path / "local")]) == 0
+    assert main(["-q", *common, "--out", str(tmp_path / "ray"), "--engine", "ray", "--workers", "1",
+                 "--per-task", "4"]) == 0
+    local = sorted(p.relative_to(tmp_path / "local") for p in (tmp_path / "local").rglob("*") if p.is_file())
+    assert local == sorted(p.relative_to(tmp_path / "ray") for p in (tmp_path / "ray").rglob("*") if p.is_file())
+    assert len(local) == 6 + 1  # a picture per input, and explanations.csv
+    for rel in local:  # integrated gradients does not depend on the chunk an input came in
+        assert (tmp_path / "local" / rel).read_bytes() == (tmp_path / "ray" / rel).read_bytes(), rel

@@ -346,19 +346,22 @@ class RayEngine:
         return dataclasses.replace(parts[-1], results=[r for p in parts for r in p.results],
                                    seconds=sum(p.seconds for p in parts))
 
-    def explain(self, subject, x, *, per_task: int = 64, data=None, **options) -> list:
-        """Attribution of many inputs: chunks of ``per_task`` inputs, one task each; returns one
-        :class:`~neuronscope.analyses.attribution.explain.Explanation` per chunk, in order (each is
-        what ``explain(subject, chunk, ...)`` gives in one process)."""
-        from ..analyses.attribution.explain import explain
+    def explain(self, subject, x, *, per_task: int = 64, data=None, **options):
+        """Attribution of many inputs: chunks of ``per_task`` inputs, one task each, joined into one
+        :class:`~neuronscope.analyses.attribution.explain.Explanation` (each chunk's part is what
+        ``explain(subject, chunk, ...)`` gives in one process). The randomisation check runs in
+        the first chunk only, on its first inputs, as one call runs it on the first ones."""
+        from ..analyses.attribution.explain import Explanation, explain
         from ..data import Batch
 
         n = len(x.ids) if isinstance(x, Batch) else len(x)
         step = max(1, int(per_task))
         chunk = (lambda i: Batch(x.ids[i:i + step], x.x[i:i + step], None if x.y is None else x.y[i:i + step])) \
             if isinstance(x, Batch) else (lambda i: x[i:i + step])
-        calls = [((chunk(i),), dict(data=data, **{**options, "progress": False})) for i in range(0, n, step)]
-        return self.map_calls(subject, data, explain, calls, desc="attribution")
+        check = options.pop("randomisation", True)
+        calls = [((chunk(i),), dict(data=data, **{**options, "progress": False, "randomisation": check and i == 0}))
+                 for i in range(0, n, step)]
+        return Explanation.concat(self.map_calls(subject, data, explain, calls, desc="attribution"))
 
     def shutdown_workers(self) -> None:
         if self._actors:

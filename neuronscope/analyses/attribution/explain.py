@@ -98,6 +98,35 @@ class Explanation(NotebookMixin):
     def __len__(self) -> int:
         return len(self.ids)
 
+    @classmethod
+    def concat(cls, parts: Sequence["Explanation"]) -> "Explanation":
+        """Explanations of consecutive chunks of inputs as one (what ``RayEngine.explain`` gathers):
+        maps, scores, completeness and curves joined in order. The randomisation check is the
+        first chunk's: one call also runs it on its first inputs only."""
+        first = parts[0]
+        if len(parts) == 1:
+            return first
+
+        def cat(values):
+            return None if any(v is None for v in values) else np.concatenate([np.asarray(v) for v in values])
+
+        results = {}
+        for name, r in first.results.items():
+            rs = [p.results[name] for p in parts]
+            results[name] = dataclasses.replace(
+                r, maps=torch.cat([q.maps for q in rs]), completeness=cat([q.completeness for q in rs]),
+                completeness_rel=cat([q.completeness_rel for q in rs]), curves=_concat_curves([q.curves for q in rs]),
+                seconds=sum(q.seconds for q in rs))
+        target = dataclasses.replace(first.target, index=[i for p in parts for i in p.target.index],
+                                     labels=[label for p in parts for label in p.target.labels])
+        return dataclasses.replace(
+            first, ids=[i for p in parts for i in p.ids], x=torch.cat([p.x for p in parts]), target=target,
+            scores=cat([p.scores for p in parts]), baseline_scores=cat([p.baseline_scores for p in parts]),
+            results=results, predicted=None if first.predicted is None else [c for p in parts for c in p.predicted],
+            confidence=cat([p.confidence for p in parts]),
+            labels=None if first.labels is None else [c for p in parts for c in p.labels],
+            warnings=list(dict.fromkeys(w for p in parts for w in p.warnings)), seconds=sum(p.seconds for p in parts))
+
     @property
     def is_image(self) -> bool:
         return self.x.dim() == 4
@@ -433,6 +462,19 @@ def _row_score(t: Target):
         return out[torch.arange(len(out)), index.to(out.device)[which]]
 
     return score
+
+
+def _concat_curves(curves: Sequence[DeletionInsertion | None]) -> DeletionInsertion | None:
+    if any(c is None for c in curves):
+        return None
+    joined = {}
+    for f in dataclasses.fields(DeletionInsertion):
+        values = [getattr(c, f.name) for c in curves]
+        if f.name == "fractions" or any(v is None for v in values):
+            joined[f.name] = values[0] if f.name == "fractions" else None
+        else:
+            joined[f.name] = np.concatenate(values)
+    return DeletionInsertion(**joined)
 
 
 def _curve_maps(r: MethodResult) -> torch.Tensor:
