@@ -329,3 +329,19 @@ def test_cli_explain_many_inputs_as_tasks_writes_the_same_files(ray_cluster, fol
     assert len(local) == 6 + 1  # a picture per input, and explanations.csv
     for rel in local:  # integrated gradients does not depend on the chunk an input came in
         assert (tmp_path / "local" / rel).read_bytes() == (tmp_path / "ray" / rel).read_bytes(), rel
+
+
+def test_bad_engine_options_say_what_to_do(ray_cluster):
+    from neuronscope.engines.ray_engine import RayEngine
+    from neuronscope.errors import NeuronscopeError, OptionError
+
+    with pytest.raises(OptionError, match="workers must be at least 1"):
+        RayEngine(workers=0)
+    with pytest.raises(OptionError, match="shard_size must be at least 1"):
+        RayEngine(shard_size=0)
+    with pytest.raises(OptionError, match="per_task must be at least 1"):
+        RayEngine().explain(None, torch.zeros(2, 3), per_task=0)
+    with pytest.raises(NeuronscopeError, match="engine must be one of 'local', 'ray'"):
+        from neuronscope.engines import get_engine
+
+        get_engine("spark")

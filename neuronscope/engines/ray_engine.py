@@ -241,9 +241,15 @@ class RayEngine:
         import ray
 
         if not ray.is_initialized():
-            ray.init(address=self.address, num_cpus=self.num_cpus if self.address is None else None,
-                     include_dashboard=False, ignore_reinit_error=True, logging_level="ERROR",
-                     configure_logging=True, log_to_driver=False)
+            try:
+                ray.init(address=self.address, num_cpus=self.num_cpus if self.address is None else None,
+                         include_dashboard=False, ignore_reinit_error=True, logging_level="ERROR",
+                         configure_logging=True, log_to_driver=False)
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                where = f"the Ray cluster at {self.address!r}" if self.address else "a local Ray cluster"
+                raise NeuronscopeError(
+                    f"Could not start or join {where}: {str(e).rstrip('.')}. Start one with `ray start --head` (then --address "
+                    "auto), or leave --address out to start a local one.") from None
         return ray
 
     def _workers(self, subject, data) -> list:
@@ -339,9 +345,10 @@ class RayEngine:
 
         from ..analyses.featvis.visualize import visualize
 
+        per_task = _positive("per_task", per_task)
         units = list(units)
         calls = [((layer,), dict(units=units[i:i + per_task], data=data, **{**options, "progress": False}))
-                 for i in range(0, len(units), max(1, int(per_task)))]
+                 for i in range(0, len(units), per_task)]
         parts = self.map_calls(subject, data, visualize, calls, desc="feature visualization")
         return dataclasses.replace(parts[-1], results=[r for p in parts for r in p.results],
                                    seconds=sum(p.seconds for p in parts))
@@ -355,7 +362,7 @@ class RayEngine:
         from ..data import Batch
 
         n = len(x.ids) if isinstance(x, Batch) else len(x)
-        step = max(1, int(per_task))
+        step = _positive("per_task", per_task)
         chunk = (lambda i: Batch(x.ids[i:i + step], x.x[i:i + step], None if x.y is None else x.y[i:i + step])) \
             if isinstance(x, Batch) else (lambda i: x[i:i + step])
         check = options.pop("randomisation", True)
@@ -482,6 +489,12 @@ class RayEngine:
                      "received_bytes": int(sum(v.nbytes for flat in gathered for v in flat.values())),
                      "read_bytes": int(sum(v.nbytes for flat in on_disk.values() for v in flat.values()))}
         return sum(counts[sh][0] for sh in shards)
+
+
+def _positive(name: str, value) -> int:
+    if int(value) < 1:
+        raise OptionError(f"{name} must be at least 1, got {value}.")
+    return int(value)
 
 
 def _pickle_user_code_by_value(objects) -> None:
