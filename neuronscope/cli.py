@@ -493,7 +493,6 @@ def _visualize(args) -> int:
     import numpy as np
 
     from .atomic import atomic_write
-    from .imaging import png_bytes
 
     subject, data = _subject_and_optional_data(args, args.target)
     out = Path(args.out)
@@ -505,21 +504,22 @@ def _visualize(args) -> int:
     if args.accentuate:
         return _accentuate(args, subject, data, out)
     from .analyses.featvis import visualize
+    from .analyses.featvis.visualize import write_pictures
 
     options = dict(data=data, seeds=args.seeds, negative=not args.no_negative, diverse=args.diverse, steps=args.steps,
                    param=args.param, transforms=args.transforms, decay_power=args.decay_power, lr=args.lr,
                    class_objective=args.class_objective, seed=args.seed)
     if args.engine == "local":
         vis = visualize(subject, args.targets, units=_units(args.units), progress=not args.quiet, **options)
-    elif len(args.targets) == 1 and ":" not in args.targets[0]:  # a whole layer: batches of units as tasks
-        layer = subject.layer(args.targets[0])
+    elif len(args.targets) == 1 and ":" not in args.targets[0]:  # a whole layer: batches of units as tasks,
+        layer = subject.layer(args.targets[0])                       # each writing its own pictures
         units = _units(args.units) or range(layer.channels or 1)
-        vis = _engine(args).visualize(subject, layer.name, units, per_task=args.per_task, **options)
+        vis = _engine(args).visualize(subject, layer.name, units, per_task=args.per_task, out=out, **options)
     else:
         [vis] = _engine(args).map_calls(subject, data, visualize, [((args.targets,), {
             **options, "units": _units(args.units), "progress": False})], desc="feature visualization")
-    for name, image in vis.images().items():
-        atomic_write(out / f"{name}.png", png_bytes(image))
+    if any(len(r.images) for r in vis):  # (with --engine ray on a whole layer the tasks wrote their own)
+        write_pictures(vis, out)
     table = vis.tables()["targets"]
     import io
 

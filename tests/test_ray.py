@@ -249,7 +249,8 @@ def test_cli_visualize_many_units_as_tasks_writes_the_pictures_of_the_same_batch
     assert main(["-q", *common, "--out", str(tmp_path / "ray"), "--engine", "ray", "--workers", "1",
                  "--per-task", "2"]) == 0
     written = sorted(p.relative_to(tmp_path / "ray").as_posix() for p in (tmp_path / "ray").rglob("*.png"))
-    assert written == [*(f"3/{u}-pos.png" for u in range(5)), "3/grid.png"], written  # from 3 tasks
+    assert written == [f"3/{u}-pos.png" for u in range(5)], written  # written by the 3 tasks (no per-batch grid)
+    assert len((tmp_path / "ray" / "evidence.csv").read_text().splitlines()) == 1 + 5
     # the last task drew unit 4 alone: the same picture as drawing unit 4 alone in one process
     assert main(["-q", *[a if a != "0-4" else "4" for a in common], "--out", str(tmp_path / "local")]) == 0
     assert (tmp_path / "local" / "3" / "4-pos.png").read_bytes() == (tmp_path / "ray" / "3" / "4-pos.png").read_bytes()
@@ -271,7 +272,8 @@ def test_feature_visualization_and_attribution_run_as_tasks_with_the_same_result
     assert_same_store(tmp_path / "local", tmp_path / "ray", sections=("examples", "featvis", "attribution"))
 
 
-def test_many_units_and_many_inputs_split_into_tasks_like_the_same_calls_in_one_process(ray_cluster, folder):
+def test_many_units_and_many_inputs_split_into_tasks_like_the_same_calls_in_one_process(ray_cluster, folder,
+                                                                                        tmp_path):
     from neuronscope.analyses.attribution.explain import explain
     from neuronscope.analyses.featvis.visualize import visualize
     from neuronscope.engines.ray_engine import RayEngine
@@ -282,6 +284,10 @@ def test_many_units_and_many_inputs_split_into_tasks_like_the_same_calls_in_one_
     assert [r.target.address for r in v.results] == [f"1:{u}" for u in range(8)]
     alone = visualize(s, "1", units=[6, 7], steps=6, seeds=2, diverse=0, negative=False, progress=False)
     np.testing.assert_array_equal(v.results[6].images, alone.results[0].images)
+    # with out=, each task writes its own pictures and only the evidence comes back
+    w = eng.visualize(s, "1", range(8), per_task=3, steps=6, seeds=2, diverse=0, negative=False, out=tmp_path / "v")
+    assert all(len(r.images) == 0 for r in w.results) and [r.values[0] for r in w.results] == [r.values[0] for r in v.results]
+    assert sorted(p.name for p in (tmp_path / "v" / "1").glob("*.png")) == sorted(f"{u}-pos.png" for u in range(8))
     batch = data.get(data.ids()[:10])
     e = eng.explain(s, batch, per_task=4, target="predicted", method=["integrated_gradients", "occlusion"],
                     n_steps=8)

@@ -337,19 +337,23 @@ class RayEngine:
             bar.close()
         return out
 
-    def visualize(self, subject, layer: str, units, *, per_task: int = 64, data=None, **options):
+    def visualize(self, subject, layer: str, units, *, per_task: int = 64, data=None, out=None, **options):
         """Feature visualization of many ``units`` of ``layer``: batches of ``per_task`` objectives,
         one task each (each batch is what ``visualize(subject, layer, units=batch, ...)`` draws in
-        one process), gathered into one :class:`~neuronscope.analyses.featvis.visualize.Visualization`."""
+        one process), gathered into one :class:`~neuronscope.analyses.featvis.visualize.Visualization`.
+        With ``out`` each task writes its pictures there itself (a folder the workers see) and only
+        the evidence comes back (:func:`~neuronscope.analyses.featvis.visualize.visualize_to`)."""
         import dataclasses
 
-        from ..analyses.featvis.visualize import visualize
+        from ..analyses.featvis.visualize import visualize, visualize_to
 
         per_task = _positive("per_task", per_task)
         units = list(units)
-        calls = [((layer,), dict(units=units[i:i + per_task], data=data, **{**options, "progress": False}))
+        where = {} if out is None else {"out": str(Path(out).resolve())}
+        calls = [((layer,), dict(units=units[i:i + per_task], data=data, **where, **{**options, "progress": False}))
                  for i in range(0, len(units), per_task)]
-        parts = self.map_calls(subject, data, visualize, calls, desc="feature visualization")
+        parts = self.map_calls(subject, data, visualize if out is None else visualize_to, calls,
+                               desc="feature visualization")
         return dataclasses.replace(parts[-1], results=[r for p in parts for r in p.results],
                                    seconds=sum(p.seconds for p in parts))
 

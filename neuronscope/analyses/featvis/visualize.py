@@ -173,6 +173,32 @@ class Visualization(NotebookMixin):
                 "not_reached": [r.target.address for r in self.results if not r.reachable and r.turned_on_by]}
 
 
+def write_pictures(vis: Visualization, out, *, grids: bool = True) -> list[str]:
+    """Write ``vis.images()`` as PNG files under ``out`` (atomically); returns their names."""
+    from pathlib import Path
+
+    from ...atomic import atomic_write
+    from ...imaging import png_bytes
+
+    names = [n for n in vis.images() if grids or not n.endswith("/grid")]
+    pictures = vis.images()
+    for name in names:
+        atomic_write(Path(out) / f"{name}.png", png_bytes(pictures[name]))
+    return names
+
+
+def visualize_to(subject: Subject, *args, out, **kwargs) -> Visualization:
+    """:func:`visualize`, its pictures written to ``out`` where it runs (a Ray task writes its own)
+    and left out of the answer: the evidence comes back, the image arrays do not (a Microscope-
+    sized render would otherwise gather every image in one process). No per-call grid is written."""
+    import dataclasses
+
+    vis = visualize(subject, *args, **kwargs)
+    write_pictures(vis, out, grids=False)
+    light = [dataclasses.replace(r, images=r.images[:0], negative=None, diverse=None) for r in vis.results]
+    return dataclasses.replace(vis, results=light)
+
+
 def picture_name(target: Target) -> str:
     if target.kind == "class":
         return f"classes/{target.index}"
