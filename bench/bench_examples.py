@@ -517,12 +517,7 @@ def memory_child(path: str, size: int) -> None:
     """Runs in a fresh process: RssAnon / tracemalloc peaks of a plain forward, then of the pass."""
     import tracemalloc
 
-    def status(field: str) -> int:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-        return 0
+    from procmem import status  # bench/ is on sys.path: this child runs the script itself
 
     model = make_model("cnn", size)
     subject = Subject(model, (3, size, size), classes=[str(i) for i in range(10)])

@@ -134,9 +134,14 @@ def save_checkpoint(path: Path, reducers: Mapping[str, object], *, key: str, sto
     atomic_write(path, buf.getvalue())
 
 
+def shards_folder(checkpoint: Path) -> Path:
+    """Where a sharded pass (``neuronscope.engines``) keeps its finished shards: beside the checkpoint."""
+    return Path(checkpoint).parent / f"{Path(checkpoint).name}.shards"
+
+
 def clear_checkpoint(checkpoint: Path) -> None:
     """Remove a finished pass's checkpoint (and a sharded pass's finished shards beside it)."""
     import shutil
 
     Path(checkpoint).unlink(missing_ok=True)
-    shutil.rmtree(Path(checkpoint).parent / f"{Path(checkpoint).name}.shards", ignore_errors=True)
+    shutil.rmtree(shards_folder(checkpoint), ignore_errors=True)

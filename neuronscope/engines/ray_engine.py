@@ -384,7 +384,7 @@ class RayEngine:
 
     # -------------------------------------------------------------- the pass
     def run_pass(self, subject, data, layers, reducers, *, reduce=None, limit=None, batch_size=64,
-                 checkpoint=None, key="", desc="data pass", progress=True, every_s=None) -> int:
+                 checkpoint=None, key="", desc="data pass", progress=True) -> int:
         """Fill ``reducers`` as :func:`~neuronscope.analyses.stream.run_pass` would, shard by shard."""
         import ray
         from ray.exceptions import RayActorError
@@ -521,10 +521,10 @@ def _pickle_user_code_by_value(objects) -> None:
 
 def shard_folder(checkpoint, key: str) -> Path:
     """Where a sharded pass keeps its finished shards: beside the pass checkpoint, per pass key."""
+    from ..analyses.stream import shards_folder
     from ..store import content_hash
 
-    checkpoint = Path(checkpoint)
-    return checkpoint.parent / f"{checkpoint.name}.shards" / content_hash(key)
+    return shards_folder(checkpoint) / content_hash(key)
 
 
 def _save(path: Path, arrays: dict) -> None:

@@ -180,10 +180,11 @@ def write_pictures(vis: Visualization, out, *, grids: bool = True) -> list[str]:
     from ...atomic import atomic_write
     from ...imaging import png_bytes
 
-    names = [n for n in vis.images() if grids or not n.endswith("/grid")]
-    pictures = vis.images()
-    for name in names:
-        atomic_write(Path(out) / f"{name}.png", png_bytes(pictures[name]))
+    names = []
+    for name, picture in vis.images().items():
+        if grids or not name.endswith("/grid"):
+            atomic_write(Path(out) / f"{name}.png", png_bytes(picture))
+            names.append(name)
     return names
 
 
