@@ -228,7 +228,10 @@ def render(
     opt = _adam(p.parameters(), lr)
     # to_range and the Subject's normalization as one affine map per channel: x * a + b
     a, b = _input_map(subject)
-    history = np.zeros((steps, batch), dtype=np.float32)
+    # Kept on the device and read once at the end: a per-step read would make the host wait
+    # for an accelerator at every step (only ``rescue`` needs the previous step's values).
+    history = torch.zeros((steps, batch), dtype=torch.float32, device=subject.device)
+    plan = tf.plan(steps, (batch, *subject.input_shape), g, device=subject.device, dtype=torch.float32)
     t0 = time.perf_counter()
     with subject.borrowed(), Tap(subject, objective.layers, needs_output=objective.needs_output, truncate=truncate) as tap:
         start_values = _evaluate(subject, objective, p().detach(), target, group, tap)
@@ -237,7 +240,7 @@ def render(
             for step in range(steps):
                 opt.zero_grad(set_to_none=True)
                 images = p()
-                x = torch.addcmul(b, tf(images, g).to(subject.dtype), a)
+                x = torch.addcmul(b, plan[step](images).to(subject.dtype), a)
                 stuck = rescue and step < (3 * steps) // 4 and step > 0 and bool((history[step - 1] <= 0).any())
                 if step < warmup or stuck:
                     with RedirectedReLU():
@@ -250,7 +253,7 @@ def render(
                 total = value if penalty is None else value - penalty(images)
                 (-total.sum()).backward()
                 opt.step()
-                history[step] = value.detach().float().cpu().numpy()
+                history[step] = value.detach().float()
                 bar.update(1)
         finally:
             bar.close()
@@ -258,5 +261,5 @@ def render(
         values = _evaluate(subject, objective, final, target, group, tap)
     raw = to_range(final, subject.value_range).float().cpu().numpy()
     return Rendering(images=raw, values=values, start_values=start_values, target=target.cpu().numpy(),
-                     group=group.cpu().numpy(), history=history, objective=repr(objective), steps=steps,
+                     group=group.cpu().numpy(), history=history.cpu().numpy(), objective=repr(objective), steps=steps,
                      seconds=time.perf_counter() - t0)

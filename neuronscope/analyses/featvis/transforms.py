@@ -133,8 +133,8 @@ class Compose(Transform):
             and len({t.value for t in pads}) <= 1
         self._pad_value = pads[0].value if pads else None
 
-    def _fused(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        n, h, w = x.shape[0], x.shape[-2], x.shape[-1]
+    def _theta(self, n: int, h: int, w: int, g: torch.Generator) -> torch.Tensor | None:
+        """The fused pipeline's ``(n, 2, 3)`` warp matrices for ``n`` images of ``h x w`` (None: identity)."""
         fh, fw = float(h), float(w)  # the current frame, grown by pads
         total = None
         for t in self.transforms:
@@ -149,15 +149,39 @@ class Compose(Transform):
             m = to_px @ m @ from_px
             total = m if total is None else total @ m
         if total is None:
-            return x
+            return None
         to_px = torch.diag(torch.tensor([w / 2.0, h / 2.0, 1.0]))
         from_px = torch.diag(torch.tensor([2.0 / w, 2.0 / h, 1.0]))
-        theta = (from_px @ total @ to_px)[:, :2, :].to(device=x.device, dtype=x.dtype)
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        return (from_px @ total @ to_px)[:, :2, :]
+
+    def _apply_theta(self, x: torch.Tensor, theta: torch.Tensor | None) -> torch.Tensor:
+        if theta is None:
+            return x
+        grid = F.affine_grid(theta.to(device=x.device, dtype=x.dtype), list(x.shape), align_corners=False)
         if self._pad_value is None:
             return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
         v = self._pad_value
         return F.grid_sample(x - v, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + v
+
+    def _fused(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        return self._apply_theta(x, self._theta(x.shape[0], x.shape[-2], x.shape[-1], g))
+
+    def plan(self, steps: int, shape, g: torch.Generator, device=None, dtype=torch.float32) -> list:
+        """Draw every step's transforms at once: ``plan(...)[step](x)`` then only samples.
+
+        For the fused recipe the ``(steps, n, 2, 3)`` matrices are built in one batched call and
+        moved to the device once, so a step neither builds small matrices on the CPU nor copies
+        them to an accelerator (a copy that makes the host wait for the device every step).
+        Any other pipeline is drawn step by step, as ``__call__`` does.
+        """
+        n, h, w = int(shape[0]), int(shape[-2]), int(shape[-1])
+        if not self._fusable:
+            return [lambda x: self(x, g)] * steps
+        theta = self._theta(steps * n, h, w, g)
+        if theta is None:
+            return [lambda x: x] * steps
+        theta = theta.reshape(steps, n, 2, 3).to(device=device, dtype=dtype)
+        return [lambda x, t=theta[i]: self._apply_theta(x, t) for i in range(steps)]
 
     def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         if self._fusable:
