@@ -184,7 +184,7 @@ def find_shortcuts(subject, data, *, per_class: int = 32, recipients: int = 128,
         rec = others[np.linspace(0, len(others) - 1, min(len(others), recipients)).astype(int)]
         e = explain(subject, torch.as_tensor(x[mine]), target=k, method="integrated_gradients", data=data,
                     n_steps=n_steps, curves=False, randomisation=False)
-        maps = np.abs(np.asarray(e["integrated_gradients"].maps, dtype=np.float64)).sum(1)  # (n, H, W)
+        maps = np.abs(e["integrated_gradients"].maps.detach().double().cpu().numpy()).sum(1)  # (n, H, W), from any device
         maps /= np.maximum(maps.reshape(len(maps), -1).sum(1), 1e-12)[:, None, None]
         region, share, area, side = _best_window(maps.mean(0))
         y0, x0, y1, x1 = region
