@@ -81,6 +81,7 @@ SECTION_CODE = {
     "tabular": tuple(f"analyses/tabular/{m}.py" for m in ("logistic", "importance", "surrogate", "hidden", "section"))
     + ("subject.py",),
     "shortcuts": ("analyses/shortcuts.py", "analyses/attribution/explain.py", "analyses/attribution/methods.py",
+                  "analyses/featvis/patch.py", "analyses/featvis/render.py", "analyses/featvis/param.py",
                   "analyses/stream.py", "subject.py"),
     "directions": tuple(f"analyses/directions/{m}.py" for m in ("rows", "factorize", "sae", "book", "examples", "basis",
                                                                  "classes", "splice", "codemap", "section"))

@@ -85,6 +85,12 @@ def test_a_fixed_patch_is_found_where_it_is_and_confirmed_by_pasting(tmp_path):
     assert len(f) == 1 and f[0]["kind"] == "shortcut" and f[0]["region"] == list(c.region)
     assert "'tagged'" in f[0]["text"] and report.summary()["found"] == ["tagged"]
     assert "shortcuts/1" in report.images()
+    # drawn: the window content the class wants, grown from the data's windows, is the bright red
+    # corner, and it flips held-out images where the data's mean window does not
+    d = c.tests["drawn"]
+    assert d["rate"] > 0.9 and d["control"] < 0.05, d
+    assert "held-out images" in f[0]["text"] and "shortcuts/1-drawn" in report.images()
+    assert report.images()["shortcuts/1-drawn"].ndim == 3
 
 
 def test_a_moving_patch_is_found_by_pasting_each_images_own_window(tmp_path):

@@ -23,6 +23,10 @@ candidate and then tests it causally:
    the mean colour of ``c``'s images and theirs; the control shifts by the same amounts with the
    channels rotated (red's shift on green, and so on).
 
+6. **Drawing it** (fixed patches only). The window content the model wants there is grown by
+   optimization from the data's own contents of that window and pasted onto held-out images of
+   other classes (:mod:`.featvis.patch`): a picture of the shortcut that no donor image chose.
+
 A shortcut is reported when a test flips at least ``FLIP`` of the other images to ``c`` and at
 least ``RATIO`` times its control's rate plus 0.05; for a patch, its window must also hold at
 least ``ENRICHED`` times its area of the evidence (a class whose evidence is spread over the
@@ -68,6 +72,7 @@ class ClassCheck:
     per_image_share: float | None = None  # mean of each image's best window share (moving patches)
     tests: dict[str, dict] = field(default_factory=dict)  # name -> {"rate", "control", "n"}
     verdict: str | None = None  # "fixed patch", "moving patch", "colour cast" or None
+    drawn: dict | None = None  # a fixed patch's window content grown by optimization (featvis.patch)
 
     def row(self) -> dict:
         def t(name, key):
@@ -80,7 +85,8 @@ class ClassCheck:
                 "remove_drop": t("remove", "rate"), "remove_control": t("remove", "control"),
                 "moving_flip": t("moving", "rate"), "moving_control": t("moving", "control"),
                 "colour_flip": t("colour", "rate"), "colour_control": t("colour", "control"),
-                "verdict": self.verdict}
+                "drawn_flip": t("drawn", "rate"), "drawn_control": t("drawn", "control"),
+                "drawn_agreement": (self.drawn or {}).get("agreement"), "verdict": self.verdict}
 
 
 @dataclass
@@ -122,6 +128,12 @@ class ShortcutReport(NotebookMixin):
                     text += (f", and covering it on '{c.cls}' images changes {r['rate']:.0%} of their predictions "
                              f"(covering elsewhere: {r['control']:.0%})")
                 text += "."
+                d = c.tests.get("drawn")
+                if d:
+                    text += (f" Grown by optimization from the data's own contents of that window, what the model wants "
+                             f"there turns {d['rate']:.0%} of {d['n']} held-out images of other classes into '{c.cls}' "
+                             f"(the data's mean window: {d['control']:.0%}); {c.drawn['starts']} random starts agree "
+                             f"(r = {c.drawn['agreement']:.2f}).")
                 region = list(c.region) if c.verdict == "fixed patch" else None
             out.append({"kind": "shortcut", "severity": "warning", "text": text, "classes": [c.cls],
                         "region": region, "shortcut": c.verdict,
@@ -153,12 +165,14 @@ class ShortcutReport(NotebookMixin):
 
 # ------------------------------------------------------------------------------------------ the checks
 def find_shortcuts(subject, data, *, per_class: int = 32, recipients: int = 128, n_steps: int = 16,
-                   seed: int = 0, progress: bool = False) -> ShortcutReport:
+                   draw_steps: int = 128, seed: int = 0, progress: bool = False) -> ShortcutReport:
     """Look for a shortcut behind every class of an image classifier (see the module docstring).
 
     Works on a sample spread over the data (at most 256 MiB of images); ``progress`` shows a bar
-    over the classes."""
+    over the classes. For a fixed patch, ``draw_steps`` steps grow the window content the model
+    wants (:func:`featvis.patch.class_patch`; 0: not drawn)."""
     from .attribution.explain import explain
+    from .featvis.patch import class_patch
 
     if subject.task != "classification" or len(subject.input_shape) != 3:
         raise UnsupportedError("Shortcut checks need an image classifier.")
@@ -240,6 +254,13 @@ def find_shortcuts(subject, data, *, per_class: int = 32, recipients: int = 128,
         if check.verdict in ("fixed patch", "moving patch"):
             pictures[f"shortcuts/{k}"] = _picture(subject, xs, donors[0], rec[0], pasted[0], region,
                                                   maps.mean(0))
+        if check.verdict == "fixed patch" and draw_steps:
+            cp = class_patch(subject, k, region, x, pred, steps=draw_steps, seed=seed)
+            check.tests["drawn"] = {"rate": cp.flip, "control": cp.control, "n": cp.held_out}
+            check.drawn = {"agreement": cp.agreement, "starts": len(cp.patches), "components": cp.components,
+                           "variance": cp.variance, "nearest_correlation": cp.nearest_correlation,
+                           "log_probability": float(cp.values.max())}
+            pictures[f"shortcuts/{k}-drawn"] = _drawn_picture(subject, xs, cp, rec[:32])
     bar.close()
     return ShortcutReport(checks, tuple(x.shape[1:]), int(min(recipients, len(x))), time.perf_counter() - t0,
                           pictures, notes)
@@ -323,3 +344,36 @@ def _picture(subject, xs, donor, recipient, pasted, region, mean_map):
              draw_box(imaging.input_rgb(pasted.numpy(), lo_hi).copy(), box)]
     size = max(1, 96 // max(tiles[0].shape[:2]))
     return imaging.tile_grid(np.stack([imaging.upscale_nearest(t, size) for t in tiles]), ncols=4, pad=2)
+
+
+def _drawn_picture(subject, xs, cp, recipients):
+    """every start's grown window (magnified) | the real image whose window is closest | an image of
+    another class | the same with the best start's window pasted (not boxed: a box would cover it)."""
+    from .. import imaging
+
+    lo_hi = subject.value_range
+    h, w = xs.shape[-2:]
+    y0, x0, y1, x1 = cp.region
+    f = max(1, min(h // (y1 - y0), w // (x1 - x0)))
+
+    def magnified(patch):
+        big = imaging.upscale_nearest(imaging.input_rgb(patch, lo_hi), f)
+        tile = np.full((h, w, 3), 255, np.uint8)
+        top, left = (h - big.shape[0]) // 2, (w - big.shape[1]) // 2
+        tile[top:top + big.shape[0], left:left + big.shape[1]] = big[..., :3]
+        return tile
+
+    # Show an image whose own window is unlike the patch and that the paste turns into the class.
+    cand = [int(i) for i in recipients]
+    own = [abs(np.corrcoef(xs[i, :, y0:y1, x0:x1].numpy().ravel(), cp.patch.ravel())[0, 1]) for i in cand]
+    batch = xs[cand].clone()
+    batch[:, :, y0:y1, x0:x1] = torch.as_tensor(cp.patch)
+    with torch.no_grad():
+        flipped = (subject.predict(batch) == cp.cls).cpu().numpy()
+    order = sorted(range(len(cand)), key=lambda j: (not flipped[j], np.nan_to_num(own[j], nan=0.0)))
+    recipient, pasted = cand[order[0]], batch[order[0]]
+    tiles = [magnified(p) for p in cp.patches] + [
+        imaging.input_rgb(xs[cp.nearest].numpy(), lo_hi)[..., :3], imaging.input_rgb(xs[recipient].numpy(), lo_hi)[..., :3],
+        imaging.input_rgb(pasted.numpy(), lo_hi)[..., :3]]
+    size = max(1, 96 // max(h, w))
+    return imaging.tile_grid(np.stack([imaging.upscale_nearest(t, size) for t in tiles]), ncols=len(tiles), pad=2)
