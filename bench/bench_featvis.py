@@ -60,6 +60,7 @@ for p in (str(REPO), str(REPO / "bench")):
         sys.path.insert(0, p)
 
 from bench_examples import CNN4, machine, timed, wait_quiet  # noqa: E402  (same model and timing helpers as issue 3)
+from lucent_site import import_lucent, render_channel  # noqa: E402
 from neuronscope import Subject  # noqa: E402
 from neuronscope.analyses.featvis.objectives import Context, channel  # noqa: E402
 from neuronscope.analyses.featvis.param import make_param, to_range  # noqa: E402
@@ -73,6 +74,11 @@ MEAN = [0.485, 0.456, 0.406]
 STD = [0.229, 0.224, 0.225]
 LAYERS = ["features.0", "features.3", "features.6", "features.9"]
 LAST = LAYERS[-1]
+REAL = "Lucent 0.1.8"
+try:  # the real Lucent, when installed beside the repository (bench/lucent_site.py)
+    LUCENT = import_lucent()
+except ImportError:
+    LUCENT = None
 # glibc malloc told to keep big buffers and reuse them (as jemalloc/tcmalloc would): the --pinned
 # control, same settings as bench_examples.py.
 PINNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "68719476736",
@@ -283,6 +289,8 @@ def warm_up(model, subject, log) -> None:
         batched_render(subject, layer, 4)()
         single_render(subject, layer, 0, 4)()
         lucent_render(model, layer, 0, 4)()
+        if LUCENT:
+            render_channel(LUCENT, model, layer, 0, 4, SIZE)()
 
 
 def case_floor(model, subject, layer: str, steps: int, reps: int, quiet_s: float, log) -> dict:
@@ -308,18 +316,20 @@ def case_sequential(model, subject, layer: str, steps: int, n_channels: int, qui
     channels = list(range(n_channels))
     kinds = {"ours (truncate=True)": lambda c: single_render(subject, layer, c, steps),
              "lucent-style": lambda c: lucent_render(model, layer, c, steps)}
+    if LUCENT:
+        kinds[REAL] = lambda c: render_channel(LUCENT, model, layer, c, steps, SIZE)
     log(f"== sequential single-channel renders: {layer}, channels 0..{n_channels - 1}, {steps} steps each"
         + (f" (+ Lucent-style frozen on 0..{frozen_channels - 1})" if frozen_channels else ""))
     if frozen_channels:
         kinds["lucent-style frozen"] = lambda c: lucent_render(model, layer, c, steps, frozen=True)
     runs = {k: [] for k in kinds}
     for i, c in enumerate(channels):
-        names = list(kinds) if c < frozen_channels else list(kinds)[:2]
+        names = [k for k in kinds if c < frozen_channels or k != "lucent-style frozen"]
         for k in (names if i % 2 == 0 else names[::-1]):
             wall, foreign, steal, *_ = clean_timed(kinds[k](c), quiet_s)
             runs[k].append((wall, foreign, steal))
-        log(f"    channel {c:>2}: ours {runs[names[0]][-1][0]:6.2f} s, lucent-style {runs[names[1]][-1][0]:6.2f} s "
-            f"(other processes {runs[names[0]][-1][1]:.2f}/{runs[names[1]][-1][1]:.2f} cores)")
+        log(f"    channel {c:>2}: " + ", ".join(f"{k} {runs[k][-1][0]:6.2f} s" for k in names)
+            + " (other processes " + "/".join(f"{runs[k][-1][1]:.2f}" for k in names) + " cores)")
     out = {"layer": layer, "steps": steps, "channels": channels, "runs": runs}
     for k in kinds:
         out[k] = summary(runs[k], steps)
@@ -556,6 +566,18 @@ def markdown(res: dict) -> str:
                          f"{ours['total_s'] / f['batched_s']:.2f}x | {luc['total_s'] / ours['total_s']:.2f}x | "
                          f"**{gain:.2f}x** | >= 1.3x | {'yes' if gain >= 1.3 else 'no'} | "
                          f"{luc['ms_per_step'] / f['floor1_ms_per_step']:.2f}x |")
+        real = [s for s in res["sequential"] if REAL in s]
+        if real:
+            lines += ["", f"Target 2 against the real {REAL} (render_vis at the model's own size, hooks removed after "
+                          "each render), in the same rotation:", "",
+                      f"| layer | n | batched (s) | {REAL} sequential (s) | {REAL} / batched | target | met "
+                      f"| {REAL} ms/step, batch 1 | its step / batch-1 floor |", "|---|---|---|---|---|---|---|---|---|"]
+            for s in real:
+                f, luc = floors[s["layer"]], s[REAL]
+                gain = luc["total_s"] / f["batched_s"]
+                lines.append(f"| {s['layer']} | {luc['n']} | {f['batched_s']:.1f} | {luc['total_s']:.1f} | **{gain:.2f}x** "
+                             f"| >= 1.3x | {'yes' if gain >= 1.3 else 'no'} | {luc['ms_per_step']:.2f} | "
+                             f"{luc['ms_per_step'] / f['floor1_ms_per_step']:.2f}x |")
         lines += ["", "Per step (ms; sequential: median channel):", "",
                   "| layer | floor, batch 16 | render, batch 16 | floor, batch 1 | ours, batch 1 "
                   "| Lucent-style, batch 1 |",

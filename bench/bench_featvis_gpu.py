@@ -48,7 +48,7 @@ for p in (str(REPO), str(REPO / "bench")):
         sys.path.insert(0, p)
 
 from bench_examples import make_model as _make_model  # noqa: E402  (the same ResNet-18 as issue 3)
-from lucent_site import clear_new_hooks, hook_snapshot, import_lucent  # noqa: E402
+from lucent_site import import_lucent, render_channel  # noqa: E402
 from neuronscope import Subject  # noqa: E402
 from neuronscope.analyses.featvis.objectives import channel  # noqa: E402
 from neuronscope.analyses.featvis.render import render  # noqa: E402
@@ -112,20 +112,6 @@ def ours(subject, stage: str, channels, steps: int):
     return run
 
 
-def lucent(render_mod, param_mod, model, stage: str, c: int, steps: int, size: int):
-    def run():
-        torch.manual_seed(c)
-        before = hook_snapshot(model)
-        try:
-            render_mod.render_vis(model, f"{stage}:{c}", param_f=lambda: param_mod.image(size),
-                                  thresholds=(steps,), fixed_image_size=size, show_image=False, progress=False)
-        finally:
-            clear_new_hooks(model, before)
-            for p in model.parameters():
-                p.grad = None  # Lucent leaves the weights trainable; their gradients pile up otherwise
-    return run
-
-
 def machine(device) -> dict:
     out = {"python": platform.python_version(), "torch": torch.__version__, "device": str(device),
            "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
@@ -158,7 +144,8 @@ def main(argv=None) -> int:
 
     model = make_model(device)
     subject = Subject(model, (3, args.size, args.size), mean=MEAN, std=STD)
-    render_mod, param_mod, notes = import_lucent()
+    lucent = import_lucent()
+    notes = lucent[2]
     n, steps, size = args.channels, args.steps, args.size
     result = {"machine": machine(device), "notes": notes, "steps": steps, "size": size, "channels": n,
               "floor": [], "sequential": [], "whole_stage": None}
@@ -175,7 +162,7 @@ def main(argv=None) -> int:
         floor_loop(model, subject, stage, n, 4, size)()
         ours(subject, stage, range(n), 4)()
         ours(subject, stage, 0, 4)()
-        lucent(render_mod, param_mod, model, stage, 0, 4, size)()
+        render_channel(lucent, model, stage, 0, 4, size)()
 
     for stage in STAGES:
         fl, rn = [], []
@@ -195,7 +182,7 @@ def main(argv=None) -> int:
     for stage in [s for s in args.seq_stages.split(",") if s]:
         lu, ou = [], []
         for i, c in enumerate(range(args.seq_channels)):
-            pair = [("lucent", lucent(render_mod, param_mod, model, stage, c, steps, size)), ("ours", ours(subject, stage, c, steps))]
+            pair = [("lucent", render_channel(lucent, model, stage, c, steps, size)), ("ours", ours(subject, stage, c, steps))]
             for name, fn in (pair if i % 2 == 0 else pair[::-1]):
                 (lu if name == "lucent" else ou).append(timed(fn, device))
         scale = n / args.seq_channels

@@ -79,3 +79,27 @@ def clear_new_hooks(model, before: dict) -> int:
 
 def hook_snapshot(model) -> dict:
     return {id(m): set(m._forward_hooks) for m in model.modules()}
+
+
+def render_channel(lucent, model, layer: str, c: int, steps: int, size: int, seed: int = 0):
+    """One ``render_vis(model, f"{layer}:{c}")`` as a user would call it, at the model's own image size
+    (``fixed_image_size``; Lucent's default upsamples anything under 224 px to 224), without display
+    or progress bar. ``lucent`` is what :func:`import_lucent` returned; ``layer`` uses Lucent's
+    names (dots become underscores). Lucent's hooks, and the weight gradients it leaves behind
+    (it keeps the weights trainable), are removed afterwards: left in place, every later render
+    would run with one more set of hooks."""
+    import torch
+
+    render_mod, param_mod, _ = lucent
+
+    def run():
+        torch.manual_seed(seed + c)
+        before = hook_snapshot(model)
+        try:
+            return render_mod.render_vis(model, f"{layer.replace('.', '_')}:{c}", param_f=lambda: param_mod.image(size),
+                                         thresholds=(steps,), fixed_image_size=size, show_image=False, progress=False)
+        finally:
+            clear_new_hooks(model, before)
+            for p in model.parameters():
+                p.grad = None
+    return run

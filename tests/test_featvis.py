@@ -195,6 +195,32 @@ def test_redirected_relu_switches_on_a_unit_that_starts_off(cls):
     np.testing.assert_allclose(warm.values, direct, rtol=1e-4)
 
 
+def test_warm_up_redirects_only_while_some_image_is_blocked(monkeypatch):
+    """Lucid redirects every warm-up step; its gradient equals the ordinary one for an image that is
+    not blocked, so render redirects the first step and then only while some image is blocked."""
+    import importlib
+
+    render_module = importlib.import_module("neuronscope.analyses.featvis.render")  # the module, not the function
+
+    used = []
+
+    class Counting(RedirectedReLU):
+        def __enter__(self):
+            used.append(1)
+            return super().__enter__()
+
+    monkeypatch.setattr(render_module, "RedirectedReLU", Counting)
+    alive = Subject(ModuleReLU(2.0), (3, 16, 16), mean=0.5, std=0.25)  # on from the start
+    r = render(alive, O.neuron("tap", [0]), replicas=2, steps=24, warmup=16, progress=False)
+    # the first step, and one after each step where the jitter left an image's unit off (value 0)
+    blocked_steps = int((r.history[:15] <= 0).any(1).sum())
+    assert len(used) == 1 + blocked_steps < 16, (len(used), r.history[:16])
+    used.clear()
+    dead = Subject(ModuleReLU(BIAS), (3, 16, 16), mean=0.5, std=0.25)  # off everywhere at the start
+    warm = render(dead, O.neuron("tap", [0]), replicas=2, steps=48, warmup=16, progress=False)
+    assert 2 <= len(used) <= 16 and np.all(warm.values > 10), (len(used), warm.values)
+
+
 @pytest.mark.parametrize("cls", [InPlaceStatementReLU])
 def test_redirected_relu_keeps_forward_values_of_in_place_relu(cls):
     torch.manual_seed(0)

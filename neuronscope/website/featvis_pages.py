@@ -1,6 +1,7 @@
 """The feature-visualization page and the visualization block of each unit page.
 
-Reads only the store's "featvis" section (the targets table and the pictures).
+Reads the store's "featvis" section (the targets table and the pictures), and from the "shortcuts"
+section the window a fixed-patch class wants (drawn there), shown beside that class.
 """
 
 from __future__ import annotations
@@ -50,4 +51,16 @@ def context(store: Store) -> dict:
     grids = [{"layer": layer, "grid": images.get(f"{slug(layer.replace(' directions', '-directions'))}/grid"), "units": rows}
              for layer, rows in layers.items()]
     return {"fv": entry["summary"], "fv_by_unit": by_unit, "fv_fixed": fixed, "fv_layers": grids, "fv_classes": classes,
-            "fv_class_grid": images.get("classes/grid")}
+            "fv_class_grid": images.get("classes/grid"), "fv_drawn": drawn_windows(store)}
+
+
+def drawn_windows(store: Store) -> dict[str, dict]:
+    """Class name -> the window content it wants, as the shortcut search drew it (fixed patches only)."""
+    sc = store.sections().get("shortcuts")
+    out = {}
+    for i, c in enumerate((sc or {}).get("summary", {}).get("classes", [])):
+        picture = sc.get("images", {}).get(f"shortcuts/{i}-drawn")
+        if picture and c.get("drawn_flip") is not None:
+            out[c["class"]] = {"picture": picture, "flip": c["drawn_flip"], "control": c["drawn_control"],
+                               "agreement": c["drawn_agreement"], "region": c["region"]}
+    return out

@@ -20,40 +20,46 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 
-def _redirected_grad(grad: torch.Tensor, on: torch.Tensor) -> torch.Tensor:
-    """``on`` marks where the input was positive."""
+def _redirected_grad(grad: torch.Tensor, on: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """``on`` marks where the input was positive; also says whether any image was blocked."""
     ordinary = grad * on
     if grad.ndim == 0:
-        return ordinary if bool(ordinary.ne(0)) else torch.where(~on & (grad > 0), torch.zeros_like(grad), grad)
+        if bool(ordinary.ne(0)):
+            return ordinary, False
+        return torch.where(~on & (grad > 0), torch.zeros_like(grad), grad), True
     alive = ordinary.reshape(ordinary.shape[0], -1).ne(0).any(1)
     if bool(alive.all()):  # the usual case: nothing to redirect, one pass
-        return ordinary
+        return ordinary, False
     dead = ~alive
     g = grad[dead]
     # Of the blocked components keep those whose descent step raises x (grad of -objective < 0).
     ordinary[dead] = torch.where(on[dead] | (g <= 0), g, torch.zeros_like(g))
-    return ordinary
+    return ordinary, True
 
 
 class _RedirectedReLU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x):
+    def forward(ctx, x, mode):
         on = x > 0
+        ctx.mode = mode
         ctx.save_for_backward(on)
         return x.clamp(min=0)
 
     @staticmethod
     def backward(ctx, grad):
         (on,) = ctx.saved_tensors
-        return _redirected_grad(grad, on)
+        g, redirected = _redirected_grad(grad, on)
+        ctx.mode.blocked |= redirected
+        return g, None
 
 
 class _RedirectedReLUInPlace(_RedirectedReLU):
     """The in-place form: the caller's tensor is rectified, as the real ``relu_`` would; same backward."""
 
     @staticmethod
-    def forward(ctx, x):
+    def forward(ctx, x, mode):
         on = x > 0
+        ctx.mode = mode
         ctx.mark_dirty(x)
         ctx.save_for_backward(on)
         return x.clamp_(min=0)
@@ -64,14 +70,22 @@ _RELUS_IN_PLACE = {torch.relu_, torch.Tensor.relu_, F.relu_}
 
 
 class RedirectedReLU(TorchFunctionMode):
-    """While active, every ReLU call uses the redirected gradient."""
+    """While active, every ReLU call uses the redirected gradient.
+
+    After the backward pass, ``blocked`` says whether any image's gradient was blocked at some
+    ReLU (and was redirected); when none was, the step equalled an ordinary one.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.blocked = False
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if args and isinstance(args[0], torch.Tensor) and args[0].is_floating_point():
             in_place = func in _RELUS_IN_PLACE or (func is F.relu and (kwargs.get("inplace") or args[1:2] == (True,)))
             if in_place:
-                return _RedirectedReLUInPlace.apply(args[0])
+                return _RedirectedReLUInPlace.apply(args[0], self)
             if func in _RELUS:
-                return _RedirectedReLU.apply(args[0])
+                return _RedirectedReLU.apply(args[0], self)
         return func(*args, **kwargs)

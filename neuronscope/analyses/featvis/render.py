@@ -4,8 +4,10 @@ One call optimizes a whole batch: ``objective.n`` targets times ``replicas`` ima
 starts, or the members of a diverse set). Per step: the parameterization draws the images, the
 transforms perturb them, the Subject normalizes them, the model runs **only as far as the
 deepest layer the objective reads** (a forward hook raises once every needed layer has fired),
-and Adam takes a step on ``-objective``. The first ``warmup`` steps use the redirected-ReLU
-gradient (:mod:`.redirect`) so units that start switched off still move.
+and Adam takes a step on ``-objective``. During the first ``warmup`` steps the redirected-ReLU
+gradient (:mod:`.redirect`) lets units that start switched off still move; it is used on the
+first step and then only while some image's gradient is blocked (for every other image it equals
+the ordinary gradient, at a higher cost).
 
 The final score of each image is measured on the clean image (no transforms), in eval mode.
 """
@@ -166,6 +168,15 @@ def _adam(params, lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=lr)
 
 
+def _some_image_blocked(params, batch: int) -> bool:
+    """Whether some image's parameters got no gradient at all in the last backward pass."""
+    got = torch.zeros(batch, dtype=torch.bool, device=params[0].device)
+    for t in params:
+        if t.grad is not None:
+            got |= t.grad.reshape(batch, -1).ne(0).any(1)
+    return not bool(got.all())
+
+
 def _input_map(subject: Subject) -> tuple[torch.Tensor, torch.Tensor]:
     """``(a, b)`` with ``prepare(to_range(x)) == x * a + b`` for images ``x`` in [0, 1]."""
     lo, hi = subject.value_range
@@ -236,14 +247,22 @@ def render(
     with subject.borrowed(), Tap(subject, objective.layers, needs_output=objective.needs_output, truncate=truncate) as tap:
         start_values = _evaluate(subject, objective, p().detach(), target, group, tap)
         bar = progress_bar(steps, desc, "step", enabled=progress)
+        # The redirected gradient equals the ordinary one for every image whose ordinary gradient
+        # is alive, so a warm-up step only needs the (dearer) redirected ReLU while some image is
+        # blocked: after the first step, redirect again only when the last step found one (a
+        # plain step sees it as an image whose parameters got no gradient at all).
+        per_image = penalty is None and all(t.shape[:1] == (batch,) for t in p.parameters())
+        need = True
         try:
             for step in range(steps):
                 opt.zero_grad(set_to_none=True)
                 images = p()
                 x = torch.addcmul(b, plan[step](images).to(subject.dtype), a)
                 stuck = rescue and step < (3 * steps) // 4 and step > 0 and bool((history[step - 1] <= 0).any())
-                if step < warmup or stuck:
-                    with RedirectedReLU():
+                redirect = stuck or (step < warmup and (need or not per_image))
+                if redirect:
+                    mode = RedirectedReLU()
+                    with mode:
                         acts, z = tap.run_prepared(x, batch)
                 else:
                     acts, z = tap.run_prepared(x, batch)
@@ -252,6 +271,8 @@ def render(
                     monitor(step, images.detach(), None if z is None else z.detach())
                 total = value if penalty is None else value - penalty(images)
                 (-total.sum()).backward()
+                if step < warmup and per_image:
+                    need = mode.blocked if redirect else _some_image_blocked(p.parameters(), batch)
                 opt.step()
                 history[step] = value.detach().float()
                 bar.update(1)
