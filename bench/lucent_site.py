@@ -16,6 +16,7 @@ imports (the GPU machine), Lucent uses the real one.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 import types
 from pathlib import Path
@@ -47,6 +48,9 @@ def import_lucent():
     notes = []
     if SITE.is_dir() and str(SITE) not in sys.path:
         sys.path.insert(0, str(SITE))
+    if importlib.util.find_spec("lucent") is None:  # before any stand-in is put in sys.modules
+        raise ImportError("torch-lucent is not installed: python -m pip install --no-deps --target .bench-site "
+                          "torch-lucent==0.1.8 kornia==0.4.1 decorator")
     try:
         importlib.import_module("torchvision.transforms")
     except Exception:  # noqa: BLE001 - any failure to import means "use the stand-in"
