@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .errors import NeuronscopeError
+from .errors import NeuronscopeError, OptionError
 
 DESCRIPTION = """\
 neuronscope: a microscope for your own PyTorch model.
@@ -241,6 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accentuate", metavar="ID[,ID..]", help="instead, start from these --data examples and push "
                                                               "the first TARGET while staying close to them")
     p.add_argument("--strength", type=float, default=1.0, help="closeness penalty for --accentuate (default: 1)")
+    p.add_argument("--window", metavar="Y0,X0,Y1,X1", help="instead, draw what each class:NAME TARGET wants inside "
+                                                          "this window (rows Y0..Y1-1, columns X0..X1-1): grown from "
+                                                          "--data's own contents of the window and pasted onto its "
+                                                          "images of other classes, with the share of held-out ones "
+                                                          "it flips (how the report draws a shortcut)")
     p.add_argument("--seed", type=int, default=0)
     _add_engine_args(p, "feature visualization of many units",
                      per_task="units of a whole-layer TARGET per Ray task (default: 64)")
@@ -503,6 +508,8 @@ def _visualize(args) -> int:
         load_directions(Store(args.store), subject)
     if args.accentuate:
         return _accentuate(args, subject, data, out)
+    if args.window:
+        return _class_window(args, subject, data, out)
     from .analyses.featvis import visualize
     from .analyses.featvis.visualize import write_pictures
 
@@ -544,6 +551,42 @@ def _visualize(args) -> int:
             top = ", ".join(f"{c} {z:+.1f} sd" for c, _, z in vis.profile(r.target.address)[:4])
             print(f"{'':<24} most unusual columns: {top}")
     print(f"{'Pictures' if not hasattr(vis, 'profile') else 'Profiles (profiles.csv)'} and evidence.csv written to {out}/")
+    return 0
+
+
+def _class_window(args, subject, data, out: Path) -> int:
+    from .analyses.featvis.patch import class_patch, patch_picture
+    from .analyses.featvis.visualize import _parse_targets
+    from .analyses.shortcuts import sample_predictions
+    from .imaging import save_png
+
+    try:
+        region = tuple(int(v) for v in args.window.split(","))
+    except ValueError:
+        region = ()
+    if len(region) != 4:
+        raise OptionError(f"--window takes four whole numbers Y0,X0,Y1,X1 (rows Y0..Y1-1, columns X0..X1-1), "
+                          f"e.g. 26,26,31,31; got {args.window!r}.")
+    if data is None:
+        raise NeuronscopeError("--window needs --data: the window's patch space and the images it is pasted on come "
+                               "from it.")
+    if not all(t.startswith("class:") for t in args.targets):
+        raise OptionError("--window draws what a class wants in a window: give class:NAME targets.")
+    class_idx, targets = _parse_targets(subject, args.targets, None, None)
+    x, pred = sample_predictions(subject, data, limit=2048)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"{'class':<16} {'flips':>6} {'mean window':>11} {'held out':>8} {'starts agree':>12} {'closest real':>12}")
+    for k, t in zip(class_idx, targets):
+        cp = class_patch(subject, k, region, x, pred, seeds=args.seeds, steps=args.steps, seed=args.seed,
+                         progress=not args.quiet)
+        others = np.flatnonzero(pred != k)[:32]
+        name = f"{t.address.split(':', 1)[1]}-window"
+        save_png(patch_picture(subject, x, cp, others), out / f"{name}.png")
+        np.save(out / f"{name}.npy", cp.patch)
+        print(f"{t.address[6:]:<16} {cp.flip:>6.0%} {cp.control:>11.0%} {cp.held_out:>8} {cp.agreement:>12.2f} "
+              f"{cp.nearest_correlation:>12.2f}")
+    print(f"Pictures (every start, the closest real image, an image of another class, the same with the window) and "
+          f"the best window as .npy written to {out}/")
     return 0
 
 

@@ -648,7 +648,7 @@ def test_the_window_the_shortcut_class_wants_is_drawn_as_the_marker_and_the_twin
     images as the marker does. The clean twin, asked the same at the same window, draws patches
     that flip few images, whose starts disagree, and whose closest real window has no marker."""
     from neuronscope.analyses.featvis.patch import class_patch
-    from neuronscope.analyses.shortcuts import _sample
+    from neuronscope.analyses.shortcuts import sample_predictions
     from neuronscope.cli import main
     from neuronscope.demo.run import data_for, subject_for
 
@@ -667,7 +667,7 @@ def test_the_window_the_shortcut_class_wants_is_drawn_as_the_marker_and_the_twin
     for name in ("shapes", "shapes_clean"):
         e = entry(manifest, name)
         subject, data = subject_for(e, root), data_for(e, root)
-        x, pred = _sample(subject, data, 1024)
+        x, pred = sample_predictions(subject, data, 1024)
         cp = class_patch(subject, k, region, x, pred, steps=128, seed=0)
         y0, x0, y1, x1 = region
         marker = shapes.add_marker(np.zeros((1, 1, shapes.SIZE, shapes.SIZE), np.float32))[0, 0, y0:y1, x0:x1]

@@ -79,3 +79,44 @@ def test_a_window_outside_the_image_is_refused():
     x = sample(32)
     with pytest.raises(OptionError, match="does not fit"):
         class_patch(subject, 1, (10, 10, 20, 20), x, np.zeros(32, int), steps=2)
+
+
+CHECKER_PY = '''
+import numpy as np
+import torch
+from torch import nn
+
+CHECKER = (np.indices((5, 5)).sum(0) % 2).astype(np.float32)
+
+
+class Checker(nn.Module):
+    def forward(self, x):
+        w = x[:, :, 10:15, 10:15].mean(1)
+        score = ((w - w.mean((1, 2), keepdim=True)) * torch.as_tensor(CHECKER * 2 - 1)).sum((1, 2))
+        return torch.stack([torch.zeros_like(score), score - 6.0], 1)
+
+
+def factory():
+    return Checker()
+'''
+
+
+def test_cli_draws_what_a_class_wants_in_a_window(tmp_path, capsys):
+    from neuronscope.cli import main
+
+    (tmp_path / "net.py").write_text(CHECKER_PY)
+    x = sample()
+    np.savez(tmp_path / "d.npz", x=x, y=(np.arange(len(x)) < len(x) // 4).astype(np.int64))
+    model = [f"{tmp_path}/net.py:factory", "--input-shape", f"3,{SIZE},{SIZE}", "--classes", "plain,tagged"]
+    out = tmp_path / "win"
+    assert main(["-q", "visualize", *model, "class:tagged", "--window", "10,10,15,15", "--data", str(tmp_path / "d.npz"),
+                 "--steps", "64", "--seeds", "2", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "tagged" in text and (out / "tagged-window.png").exists()
+    patch = np.load(out / "tagged-window.npy")
+    assert patch.shape == (3, 5, 5) and pearson(patch.mean(0), CHECKER) > 0.8
+    assert main(["-q", "visualize", *model, "class:tagged", "--window", "10,10,15", "--data", str(tmp_path / "d.npz"),
+                 "--out", str(out)]) == 2
+    assert "four whole numbers" in capsys.readouterr().err
+    assert main(["-q", "visualize", *model, "class:tagged", "--window", "10,10,15,15", "--out", str(out)]) == 2
+    assert "needs --data" in capsys.readouterr().err

@@ -172,7 +172,7 @@ def find_shortcuts(subject, data, *, per_class: int = 32, recipients: int = 128,
     over the classes. For a fixed patch, ``draw_steps`` steps grow the window content the model
     wants (:func:`featvis.patch.class_patch`; 0: not drawn)."""
     from .attribution.explain import explain
-    from .featvis.patch import class_patch
+    from .featvis.patch import class_patch, patch_picture
 
     if subject.task != "classification" or len(subject.input_shape) != 3:
         raise UnsupportedError("Shortcut checks need an image classifier.")
@@ -180,7 +180,7 @@ def find_shortcuts(subject, data, *, per_class: int = 32, recipients: int = 128,
     rng = np.random.default_rng(seed)
     per_image = 4 * int(np.prod(subject.input_shape))
     limit = min(max(per_class * len(subject.classes) * 4, 1024), max(64, SAMPLE_BYTES // per_image))
-    x, pred = _sample(subject, data, limit=limit)
+    x, pred = sample_predictions(subject, data, limit=limit)
     if len(x) == 0:
         raise NeuronscopeError("No readable examples in the data: nothing to check.")
     h, w = x.shape[-2:]
@@ -260,7 +260,7 @@ def find_shortcuts(subject, data, *, per_class: int = 32, recipients: int = 128,
             check.drawn = {"agreement": cp.agreement, "starts": len(cp.patches), "components": cp.components,
                            "variance": cp.variance, "nearest_correlation": cp.nearest_correlation,
                            "log_probability": float(cp.values.max())}
-            pictures[f"shortcuts/{k}-drawn"] = _drawn_picture(subject, xs, cp, rec[:32])
+            pictures[f"shortcuts/{k}-drawn"] = patch_picture(subject, x, cp, rec[:32])
     bar.close()
     return ShortcutReport(checks, tuple(x.shape[1:]), int(min(recipients, len(x))), time.perf_counter() - t0,
                           pictures, notes)
@@ -285,7 +285,8 @@ def _verdict(c: ClassCheck) -> str | None:
     return None
 
 
-def _sample(subject, data, limit: int) -> tuple[np.ndarray, np.ndarray]:
+def sample_predictions(subject, data, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``limit`` raw inputs spread over the data, and the model's predicted class of each."""
     xs, preds = [], []
     with torch.no_grad():
         for b in spread_batches(data, limit, 128):
@@ -344,36 +345,3 @@ def _picture(subject, xs, donor, recipient, pasted, region, mean_map):
              draw_box(imaging.input_rgb(pasted.numpy(), lo_hi).copy(), box)]
     size = max(1, 96 // max(tiles[0].shape[:2]))
     return imaging.tile_grid(np.stack([imaging.upscale_nearest(t, size) for t in tiles]), ncols=4, pad=2)
-
-
-def _drawn_picture(subject, xs, cp, recipients):
-    """every start's grown window (magnified) | the real image whose window is closest | an image of
-    another class | the same with the best start's window pasted (not boxed: a box would cover it)."""
-    from .. import imaging
-
-    lo_hi = subject.value_range
-    h, w = xs.shape[-2:]
-    y0, x0, y1, x1 = cp.region
-    f = max(1, min(h // (y1 - y0), w // (x1 - x0)))
-
-    def magnified(patch):
-        big = imaging.upscale_nearest(imaging.input_rgb(patch, lo_hi), f)
-        tile = np.full((h, w, 3), 255, np.uint8)
-        top, left = (h - big.shape[0]) // 2, (w - big.shape[1]) // 2
-        tile[top:top + big.shape[0], left:left + big.shape[1]] = big[..., :3]
-        return tile
-
-    # Show an image whose own window is unlike the patch and that the paste turns into the class.
-    cand = [int(i) for i in recipients]
-    own = [abs(np.corrcoef(xs[i, :, y0:y1, x0:x1].numpy().ravel(), cp.patch.ravel())[0, 1]) for i in cand]
-    batch = xs[cand].clone()
-    batch[:, :, y0:y1, x0:x1] = torch.as_tensor(cp.patch)
-    with torch.no_grad():
-        flipped = (subject.predict(batch) == cp.cls).cpu().numpy()
-    order = sorted(range(len(cand)), key=lambda j: (not flipped[j], np.nan_to_num(own[j], nan=0.0)))
-    recipient, pasted = cand[order[0]], batch[order[0]]
-    tiles = [magnified(p) for p in cp.patches] + [
-        imaging.input_rgb(xs[cp.nearest].numpy(), lo_hi)[..., :3], imaging.input_rgb(xs[recipient].numpy(), lo_hi)[..., :3],
-        imaging.input_rgb(pasted.numpy(), lo_hi)[..., :3]]
-    size = max(1, 96 // max(h, w))
-    return imaging.tile_grid(np.stack([imaging.upscale_nearest(t, size) for t in tiles]), ncols=len(tiles), pad=2)

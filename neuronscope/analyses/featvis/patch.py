@@ -140,3 +140,38 @@ def class_patch(subject, k: int, region, x, pred, *, variance: float = 0.98, see
                       components=n_comp, variance=float(explained[n_comp - 1]),
                       agreement=float(np.mean(pairs)) if pairs else 1.0, nearest=nearest,
                       nearest_correlation=float(corr[nearest]))
+
+
+def patch_picture(subject, x, cp: ClassPatch, candidates) -> np.ndarray:
+    """One strip: every start's window (magnified) | the real image whose window is closest | an image
+    of another class | the same with the best window pasted (not boxed: a box would cover it).
+
+    The image of another class is chosen among ``candidates`` (indices into ``x``): one the paste
+    turns into the class whose own window is least like the patch, so the change is the patch's.
+    """
+    from ... import imaging
+
+    x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
+    lo_hi = subject.value_range
+    h, w = x.shape[-2:]
+    y0, x0, y1, x1 = cp.region
+    f = max(1, min(h // (y1 - y0), w // (x1 - x0)))
+
+    def magnified(patch):
+        big = imaging.upscale_nearest(imaging.input_rgb(patch, lo_hi), f)
+        tile = np.full((h, w, 3), 255, np.uint8)
+        top, left = (h - big.shape[0]) // 2, (w - big.shape[1]) // 2
+        tile[top:top + big.shape[0], left:left + big.shape[1]] = big[..., :3]
+        return tile
+
+    cand = [int(i) for i in candidates]
+    own = [abs(_corr(x[i, :, y0:y1, x0:x1].numpy(), cp.patch)) for i in cand]
+    pasted = x[cand].clone()
+    pasted[:, :, y0:y1, x0:x1] = torch.as_tensor(cp.patch)
+    with torch.no_grad():
+        flipped = (subject.predict(pasted) == cp.cls).cpu().numpy()
+    j = min(range(len(cand)), key=lambda i: (not flipped[i], own[i]))
+    tiles = [magnified(p) for p in cp.patches] + [imaging.input_rgb(x[i].numpy(), lo_hi)[..., :3] for i in (cp.nearest, cand[j])]
+    tiles.append(imaging.input_rgb(pasted[j].numpy(), lo_hi)[..., :3])
+    size = max(1, 96 // max(h, w))
+    return imaging.tile_grid(np.stack([imaging.upscale_nearest(t, size) for t in tiles]), ncols=len(tiles), pad=2)
