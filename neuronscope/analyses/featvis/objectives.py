@@ -126,6 +126,17 @@ class Scaled(Objective):
         return self.k * self.inner(ctx)
 
 
+def _on(obj, name: str, device, dtype=None) -> torch.Tensor:
+    """``obj.<name>`` on ``device`` (and ``dtype``), moved once and kept: a copy from the host in
+    every step would make an accelerator wait for it, and a CUDA graph cannot hold one."""
+    cache = obj.__dict__.setdefault("_moved", {})
+    key = (name, str(device), dtype)
+    if key not in cache:
+        t = getattr(obj, name)
+        cache[key] = t.to(device=device, dtype=dtype if dtype is not None else t.dtype)
+    return cache[key]
+
+
 def _indices(x) -> torch.Tensor:
     if isinstance(x, int):
         return torch.tensor([x])
@@ -146,7 +157,7 @@ class Channel(Objective):
 
     def __call__(self, ctx):
         a = ctx.acts[self.layer]
-        c = _pick(self.channels.to(a.device), ctx.target)
+        c = _pick(_on(self, "channels", a.device), ctx.target)
         picked = a[torch.arange(a.shape[0], device=a.device), c]
         return picked.reshape(a.shape[0], -1).mean(1)
 
@@ -179,12 +190,12 @@ class Neuron(Objective):
     def __call__(self, ctx):
         a = ctx.acts[self.layer]
         rows = torch.arange(a.shape[0], device=a.device)
-        c = _pick(self.channels.to(a.device), ctx.target)
+        c = _pick(_on(self, "channels", a.device), ctx.target)
         picked = a[rows, c]  # (B, *spatial)
         if picked.ndim == 1:
             return picked
         if self.positions is not None:
-            pos = self.positions.to(a.device)[ctx.target]  # (B, ndim)
+            pos = _on(self, "positions", a.device)[ctx.target]  # (B, ndim)
             return picked[(rows, *pos.unbind(1))]
         pos = self.position or tuple(s // 2 for s in picked.shape[1:])
         return picked[(slice(None), *pos)]
@@ -227,7 +238,7 @@ class Direction(Objective):
     def __call__(self, ctx):
         a = ctx.acts[self.layer]
         b = a.shape[0]
-        v = self.vectors.to(device=a.device, dtype=a.dtype)
+        v = _on(self, "vectors", a.device, a.dtype)
         if v.shape[1] != a.shape[1]:
             raise OptionError(f"direction has {v.shape[1]} components but layer {self.layer!r} has {a.shape[1]} channels")
         v = v[ctx.target] if self.n > 1 else v.expand(b, -1)
@@ -252,7 +263,7 @@ class ClassLogit(Objective):
         self.description = "logit of class " + ", ".join(self.names or map(str, self.classes.tolist()))
 
     def _column(self, z, ctx):
-        k = _pick(self.classes.to(z.device), ctx.target)
+        k = _pick(_on(self, "classes", z.device), ctx.target)
         if z.shape[1] == 1:  # one-logit binary model: class 1 is z, class 0 is -z
             return torch.where(k == 1, z[:, 0], -z[:, 0])
         return z[torch.arange(z.shape[0], device=z.device), k]
@@ -277,7 +288,7 @@ class ClassLogProb(ClassLogit):
             return self._column(torch.log(z.clamp_min(1e-12)), ctx)
         if z.shape[1] == 1:
             logp = torch.cat([F.logsigmoid(-z), F.logsigmoid(z)], 1)
-            k = _pick(self.classes.to(z.device), ctx.target)
+            k = _pick(_on(self, "classes", z.device), ctx.target)
             return logp[torch.arange(z.shape[0], device=z.device), k]
         return self._column(F.log_softmax(z, 1), ctx)
 
@@ -326,7 +337,7 @@ class Mix(Objective):
         self.description = f"from {a!r} to {b!r}"
 
     def __call__(self, ctx):
-        alpha = self.alphas.to(ctx.target.device)[ctx.target]
+        alpha = _on(self, "alphas", ctx.target.device)[ctx.target]
         return (1 - alpha) * self.a(ctx) + alpha * self.b(ctx)
 
 
