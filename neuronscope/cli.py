@@ -558,6 +558,8 @@ def _class_window(args, subject, data, out: Path) -> int:
     from .analyses.featvis.patch import class_patch, patch_picture
     from .analyses.featvis.visualize import _parse_targets
     from .analyses.shortcuts import sample_predictions
+    import re
+
     from .imaging import save_png
 
     try:
@@ -580,7 +582,7 @@ def _class_window(args, subject, data, out: Path) -> int:
         cp = class_patch(subject, k, region, x, pred, seeds=args.seeds, steps=args.steps, seed=args.seed,
                          progress=not args.quiet)
         others = np.flatnonzero(pred != k)[:32]
-        name = f"{t.address.split(':', 1)[1]}-window"
+        name = re.sub(r"[^\w.-]+", "_", t.address.split(":", 1)[1]) + "-window"  # a class name as a file name
         save_png(patch_picture(subject, x, cp, others), out / f"{name}.png")
         np.save(out / f"{name}.npy", cp.patch)
         print(f"{t.address[6:]:<16} {cp.flip:>6.0%} {cp.control:>11.0%} {cp.held_out:>8} {cp.agreement:>12.2f} "
