@@ -555,11 +555,11 @@ def _visualize(args) -> int:
 
 
 def _class_window(args, subject, data, out: Path) -> int:
+    import re
+
     from .analyses.featvis.patch import class_patch, patch_picture
     from .analyses.featvis.visualize import _parse_targets
     from .analyses.shortcuts import sample_predictions
-    import re
-
     from .imaging import save_png
 
     try:

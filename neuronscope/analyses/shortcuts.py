@@ -178,9 +178,7 @@ def find_shortcuts(subject, data, *, per_class: int = 32, recipients: int = 128,
         raise UnsupportedError("Shortcut checks need an image classifier.")
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
-    per_image = 4 * int(np.prod(subject.input_shape))
-    limit = min(max(per_class * len(subject.classes) * 4, 1024), max(64, SAMPLE_BYTES // per_image))
-    x, pred = sample_predictions(subject, data, limit=limit)
+    x, pred = sample_predictions(subject, data, limit=max(per_class * len(subject.classes) * 4, 1024))
     if len(x) == 0:
         raise NeuronscopeError("No readable examples in the data: nothing to check.")
     h, w = x.shape[-2:]
@@ -257,9 +255,7 @@ def find_shortcuts(subject, data, *, per_class: int = 32, recipients: int = 128,
         if check.verdict == "fixed patch" and draw_steps:
             cp = class_patch(subject, k, region, x, pred, steps=draw_steps, seed=seed)
             check.tests["drawn"] = {"rate": cp.flip, "control": cp.control, "n": cp.held_out}
-            check.drawn = {"agreement": cp.agreement, "starts": len(cp.patches), "components": cp.components,
-                           "variance": cp.variance, "nearest_correlation": cp.nearest_correlation,
-                           "log_probability": float(cp.values.max())}
+            check.drawn = {"agreement": cp.agreement, "starts": len(cp.patches)}
             pictures[f"shortcuts/{k}-drawn"] = patch_picture(subject, x, cp, rec[:32])
     bar.close()
     return ShortcutReport(checks, tuple(x.shape[1:]), int(min(recipients, len(x))), time.perf_counter() - t0,
@@ -286,7 +282,9 @@ def _verdict(c: ClassCheck) -> str | None:
 
 
 def sample_predictions(subject, data, limit: int) -> tuple[np.ndarray, np.ndarray]:
-    """Up to ``limit`` raw inputs spread over the data, and the model's predicted class of each."""
+    """Up to ``limit`` raw inputs spread over the data (and at most ``SAMPLE_BYTES`` of them), and the
+    model's predicted class of each."""
+    limit = min(limit, max(64, SAMPLE_BYTES // (4 * int(np.prod(subject.input_shape)))))
     xs, preds = [], []
     with torch.no_grad():
         for b in spread_batches(data, limit, 128):

@@ -121,11 +121,14 @@ def class_patch(subject, k: int, region, x, pred, *, variance: float = 0.98, see
     with torch.no_grad():
         wins = p.windows().detach().cpu()
 
-    def flip_rate(window01: torch.Tensor) -> float:
-        pasted = x01[held].clone()
-        pasted[:, :, y0:y1, x0:x1] = window01
-        with torch.no_grad():
-            return float((subject.predict(to_range(pasted, subject.value_range)) == k).float().mean())
+    def flip_rate(window01: torch.Tensor, chunk: int = 128) -> float:
+        flipped = 0
+        for s in range(0, len(held), chunk):  # in chunks: the held-out images can be thousands
+            pasted = x01[held[s:s + chunk]].clone()
+            pasted[:, :, y0:y1, x0:x1] = window01
+            with torch.no_grad():
+                flipped += int((subject.predict(to_range(pasted, subject.value_range)) == k).sum())
+        return flipped / len(held)
 
     flips = np.array([flip_rate(wins[i]) for i in range(seeds)])
     best = int(np.argmax(values))
