@@ -65,7 +65,8 @@ from neuronscope import Subject  # noqa: E402
 from neuronscope.analyses.featvis.objectives import Context, channel  # noqa: E402
 from neuronscope.analyses.featvis.param import make_param, to_range  # noqa: E402
 from neuronscope.analyses.featvis.redirect import RedirectedReLU  # noqa: E402
-from neuronscope.analyses.featvis.render import Tap, render  # noqa: E402
+from neuronscope.analyses.featvis.render import render  # noqa: E402
+from neuronscope.analyses.featvis.tap import Tap  # noqa: E402
 from neuronscope.analyses.featvis.transforms import make_transforms  # noqa: E402
 
 SIZE = 64

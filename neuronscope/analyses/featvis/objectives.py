@@ -16,7 +16,7 @@ vectorized one. Each call returns one value per image, ``(B,)``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,9 @@ class Context:
     target: torch.Tensor  # (B,) which of the objective's targets each image serves
     group: torch.Tensor  # (B,) images with the same group id are one diverse set
     output_kind: str = "logits"  # "logits" or "probabilities" (a softmax inside forward)
+    # layer address -> (B, ...) each image's own channel, when the pass computed only those
+    # (see ``tap.Tap``); such a layer is not in ``acts``
+    picked: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class Objective:
@@ -46,6 +49,11 @@ class Objective:
 
     def __call__(self, ctx: Context) -> torch.Tensor:
         raise NotImplementedError
+
+    def channels_read(self, layer: str) -> torch.Tensor | None:
+        """The one channel of ``layer`` each target reads, ``(n,)`` (or ``(1,)`` for all), when that
+        is all this objective reads there; None when it reads more (or nothing) of it."""
+        return None
 
     def __add__(self, other):
         return Sum([self, _as_objective(other)])
@@ -114,6 +122,12 @@ class Sum(Objective):
     def __call__(self, ctx):
         return sum(p(ctx) for p in self.parts)
 
+    def channels_read(self, layer):
+        reads = [p.channels_read(layer) for p in self.parts if layer in p.layers]
+        if not reads or any(r is None or r.shape != reads[0].shape or not torch.equal(r, reads[0]) for r in reads):
+            return None
+        return reads[0]
+
 
 class Scaled(Objective):
     def __init__(self, inner: Objective, k: float):
@@ -124,6 +138,9 @@ class Scaled(Objective):
 
     def __call__(self, ctx):
         return self.k * self.inner(ctx)
+
+    def channels_read(self, layer):
+        return self.inner.channels_read(layer)
 
 
 def _on(obj, name: str, device, dtype=None) -> torch.Tensor:
@@ -143,6 +160,15 @@ def _indices(x) -> torch.Tensor:
     return torch.as_tensor(list(x), dtype=torch.long)
 
 
+def _own_channel(obj, ctx: Context) -> torch.Tensor:
+    """``(B, ...)``: the channel of ``obj.layer`` each image serves, picked by the pass or here."""
+    if obj.layer in ctx.picked:
+        return ctx.picked[obj.layer]
+    a = ctx.acts[obj.layer]
+    c = _pick(_on(obj, "channels", a.device), ctx.target)
+    return a[torch.arange(a.shape[0], device=a.device), c]
+
+
 class Channel(Objective):
     """Mean activation of channel ``c`` over all positions (a dense unit for vector layers)."""
 
@@ -155,11 +181,12 @@ class Channel(Objective):
         self.layers = frozenset([self.layer])
         self.description = f"channel {self.layer}:{self.channels.tolist() if self.n > 1 else int(self.channels[0])}"
 
+    def channels_read(self, layer):
+        return self.channels if layer == self.layer else None
+
     def __call__(self, ctx):
-        a = ctx.acts[self.layer]
-        c = _pick(_on(self, "channels", a.device), ctx.target)
-        picked = a[torch.arange(a.shape[0], device=a.device), c]
-        return picked.reshape(a.shape[0], -1).mean(1)
+        own = _own_channel(self, ctx)
+        return own.reshape(own.shape[0], -1).mean(1)
 
 
 class Neuron(Objective):
@@ -187,15 +214,16 @@ class Neuron(Objective):
         self.layers = frozenset([self.layer])
         self.description = f"neuron {self.layer}:{self.channels.tolist() if self.n > 1 else int(self.channels[0])}{where}"
 
+    def channels_read(self, layer):
+        return self.channels if layer == self.layer else None
+
     def __call__(self, ctx):
-        a = ctx.acts[self.layer]
-        rows = torch.arange(a.shape[0], device=a.device)
-        c = _pick(_on(self, "channels", a.device), ctx.target)
-        picked = a[rows, c]  # (B, *spatial)
+        picked = _own_channel(self, ctx)  # (B, *spatial)
+        rows = torch.arange(picked.shape[0], device=picked.device)
         if picked.ndim == 1:
             return picked
         if self.positions is not None:
-            pos = _on(self, "positions", a.device)[ctx.target]  # (B, ndim)
+            pos = _on(self, "positions", picked.device)[ctx.target]  # (B, ndim)
             return picked[(rows, *pos.unbind(1))]
         pos = self.position or tuple(s // 2 for s in picked.shape[1:])
         return picked[(slice(None), *pos)]
@@ -335,6 +363,9 @@ class Mix(Objective):
         self.layers = a.layers | b.layers
         self.needs_output = a.needs_output or b.needs_output
         self.description = f"from {a!r} to {b!r}"
+
+    def channels_read(self, layer):
+        return Sum([self.a, self.b]).channels_read(layer)
 
     def __call__(self, ctx):
         alpha = _on(self, "alphas", ctx.target.device)[ctx.target]

@@ -22,113 +22,12 @@ import torch
 
 from ...errors import OptionError
 from ...progress import progress_bar
-from ...subject import Subject, first_tensor
-from .objectives import Context, Objective
+from ...subject import Subject
+from .objectives import Objective, _pick
 from .param import ImageParam, make_param, to_range
 from .redirect import RedirectedReLU
+from .tap import Tap
 from .transforms import make_transforms
-
-
-class _Enough(Exception):
-    """Raised inside a hook once every needed layer has produced its output."""
-
-
-class Tap:
-    """Forward hooks that collect the layers an objective reads, and cut the pass short.
-
-    Used as a context manager around many forward passes (hooks are registered once).
-    ``truncate=False`` runs the whole model (the reference "full forward" in benchmarks).
-    """
-
-    def __init__(self, subject: Subject, layers, *, needs_output: bool, truncate: bool = True):
-        self.subject = subject
-        self.infos = [subject.layer(layer) for layer in sorted(layers)]
-        self.needs_output = needs_output
-        self.truncate = truncate and not needs_output and subject.fixed_batch is None
-        self.acts: dict[str, torch.Tensor] = {}
-        self.logits: torch.Tensor | None = None
-        self._handles = []
-        self._counters: dict[str, int] = {}
-
-    def __enter__(self):
-        wanted: dict[str, dict] = {}
-        for info in self.infos:
-            wanted.setdefault(info.module_name, {})[info.call] = info.name
-        model = self.subject.model
-
-        def reset(module, inputs):
-            self._counters.clear()
-
-        def hook(module_name):
-            calls = wanted[module_name]
-
-            def fn(module, inputs, output):
-                k = self._counters.get(module_name, 0)
-                self._counters[module_name] = k + 1
-                address = calls.get(k, calls.get(None) if k == 0 else None)
-                if address is None:
-                    return
-                t, _ = first_tensor(output)
-                last = self.truncate and len(self.acts) + 1 == len(self.infos)
-                # A copy unless the pass stops right here: a later in-place op would overwrite it.
-                self.acts[address] = t if last else t.clone()
-                if last:
-                    raise _Enough
-            return fn
-
-        self._handles.append(model.register_forward_pre_hook(reset))
-        for module_name in wanted:
-            self._handles.append(model.get_submodule(module_name).register_forward_hook(hook(module_name)))
-        if self.needs_output and self.subject.squash:
-            squash = model.get_submodule(self.subject._squash[1])
-
-            def pre(module, inputs):
-                self.logits = inputs[0]
-            self._handles.append(squash.register_forward_pre_hook(pre))
-        return self
-
-    def __exit__(self, *exc):
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-
-    def run(self, raw: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-        """Forward raw inputs; return the needed activations and (when needed) the logits."""
-        return self.run_prepared(self.subject.prepare(raw), raw.shape[0])
-
-    def run_prepared(self, x: torch.Tensor, n: int) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-        """The same for inputs already normalized the way the Subject would."""
-        self.acts, self.logits = {}, None
-        try:
-            if self.subject.fixed_batch is not None:
-                out = self._run_fixed(x)
-            else:
-                out = self.subject._select_output(self.subject.model(x))
-        except _Enough:
-            return dict(self.acts), None
-        if not self.needs_output:
-            return dict(self.acts), None
-        z = self.logits if self.logits is not None else out
-        return dict(self.acts), z[:n]
-
-    def _run_fixed(self, x: torch.Tensor) -> torch.Tensor:
-        """Models exported at a fixed batch size: pad, run in chunks, keep the real rows."""
-        f = self.subject.fixed_batch
-        outs, acts, logits = [], {}, []
-        for start in range(0, x.shape[0], f):
-            chunk = x[start : start + f]
-            n = chunk.shape[0]
-            if n < f:
-                chunk = torch.cat([chunk, chunk[:1].expand(f - n, *chunk.shape[1:])])
-            self.acts, self.logits = {}, None
-            outs.append(self.subject._select_output(self.subject.model(chunk))[:n])
-            for a, t in self.acts.items():
-                acts.setdefault(a, []).append(t[:n])
-            if self.logits is not None:
-                logits.append(self.logits[:n])
-        self.acts = {a: torch.cat(ts) for a, ts in acts.items()}
-        self.logits = torch.cat(logits) if logits else None
-        return torch.cat(outs)
 
 
 @dataclass
@@ -152,9 +51,15 @@ class Rendering:
 def _evaluate(subject, objective, images01, target, group, tap):
     raw = to_range(images01, subject.value_range)
     with torch.no_grad():
-        acts, z = tap.run(raw)
-        ctx = Context(acts, z, target, group, _output_kind(subject))
-        return objective(ctx).float().cpu().numpy()
+        return objective(tap.context(raw, target, group, _output_kind(subject))).float().cpu().numpy()
+
+
+def _picks(objective: Objective, target: torch.Tensor) -> torch.Tensor | None:
+    """Each image's one channel, when that is all the objective reads of its only layer."""
+    if len(objective.layers) != 1 or objective.needs_output:
+        return None
+    reads = objective.channels_read(next(iter(objective.layers)))
+    return None if reads is None else _pick(reads.to(target.device), target)
 
 
 def _output_kind(subject: Subject) -> str:
@@ -205,6 +110,7 @@ def render(
     magnitude=None,
     penalty=None,
     truncate: bool = True,
+    pick: bool = True,
     monitor=None,
     progress: bool = True,
     desc: str = "visualizing",
@@ -213,7 +119,9 @@ def render(
 
     ``param`` is a name (``"fourier"``, ``"pixel"``, ``"maco"``) or a ready :class:`ImageParam`
     with that many images. ``penalty(images01) -> (B,)`` is subtracted from the objective (used
-    by accentuation to stay close to a real input). ``monitor(step, images01, logits)`` is called
+    by accentuation to stay close to a real input). ``truncate=False`` runs the whole model every
+    step; ``pick=False`` computes every channel of the objective's layer even when it reads one
+    per image (see :mod:`.tap`). ``monitor(step, images01, logits)`` is called
     after each forward pass (logits when the objective reads the output). Image ``b`` serves
     target ``b // replicas``. With ``rescue``, the redirected gradient stays on after the warm-up,
     up to three quarters of the steps, while any image's objective is still at or below zero (a
@@ -244,7 +152,9 @@ def render(
     history = torch.zeros((steps, batch), dtype=torch.float32, device=subject.device)
     plan = tf.plan(steps, (batch, *subject.input_shape), g, device=subject.device, dtype=torch.float32)
     t0 = time.perf_counter()
-    with subject.borrowed(), Tap(subject, objective.layers, needs_output=objective.needs_output, truncate=truncate) as tap:
+    picks = _picks(objective, target) if pick else None
+    with subject.borrowed(), Tap(subject, objective.layers, needs_output=objective.needs_output, truncate=truncate,
+                                 picks=picks) as tap:
         start_values = _evaluate(subject, objective, p().detach(), target, group, tap)
         bar = progress_bar(steps, desc, "step", enabled=progress)
         # The redirected gradient equals the ordinary one for every image whose ordinary gradient
@@ -263,12 +173,12 @@ def render(
                 if redirect:
                     mode = RedirectedReLU()
                     with mode:
-                        acts, z = tap.run_prepared(x, batch)
+                        ctx = tap.context(x, target, group, kind, prepared=True)
                 else:
-                    acts, z = tap.run_prepared(x, batch)
-                value = objective(Context(acts, z, target, group, kind))
+                    ctx = tap.context(x, target, group, kind, prepared=True)
+                value = objective(ctx)
                 if monitor is not None:
-                    monitor(step, images.detach(), None if z is None else z.detach())
+                    monitor(step, images.detach(), None if ctx.output is None else ctx.output.detach())
                 total = value if penalty is None else value - penalty(images)
                 (-total.sum()).backward()
                 if step < warmup and per_image:

@@ -27,9 +27,10 @@ import torch
 from ...errors import DataError, InputShapeError, NeuronscopeError, UnsupportedError
 from ...progress import progress_bar
 from ...subject import Subject
-from .objectives import Context, Objective
+from .objectives import Objective
 from .redirect import RedirectedReLU
-from .render import Tap, _output_kind
+from .render import _output_kind
+from .tap import Tap
 
 #: Polishing steps, and their sizes in region units (box widths, ball radii), largest first.
 _POLISH_SIZES = np.logspace(2, -6, 48)
@@ -393,8 +394,7 @@ def maximize(
 
 
 def _score(tap: Tap, objective: Objective, x: torch.Tensor, target, kind) -> torch.Tensor:
-    acts, logits = tap.run(x)
-    return objective(Context(acts, logits, target, target, kind))
+    return objective(tap.context(x, target, target, kind))
 
 
 def profile_svg(result: VectorResult, i: int, top: int | None = None) -> str:
