@@ -566,6 +566,21 @@ def test_transform_sizes_are_relative():
             assert float(y.min()) >= -1e-6 and float(y.max()) <= 1 + 1e-6
 
 
+def test_planned_warps_are_the_pipelines_own_draws_and_grids():
+    """``plan`` draws every step's matrices in one call and samples on a base grid built once; a
+    step must equal the pipeline applied with affine_grid to the same matrices (non-square images:
+    a height/width mix-up would show)."""
+    steps, n, h, w = 3, 2, 20, 28
+    tf = T.standard()
+    plan = tf.plan(steps, (n, 3, h, w), torch.Generator().manual_seed(5))
+    theta = tf._theta(steps * n, h, w, torch.Generator().manual_seed(5)).reshape(steps, n, 2, 3)
+    x = torch.rand(n, 3, h, w, generator=torch.Generator().manual_seed(0))
+    for i in range(steps):
+        want = tf._apply_theta(x, theta[i])
+        torch.testing.assert_close(plan[i](x), want, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(want, x, atol=1e-3)  # a real warp, not the identity
+
+
 def test_jitter_alone_is_an_exact_integer_shift():
     size, fraction = 32, 0.1
     j = max(1, round(fraction * size))  # 3 pixels

@@ -154,10 +154,14 @@ class Compose(Transform):
         from_px = torch.diag(torch.tensor([2.0 / w, 2.0 / h, 1.0]))
         return (from_px @ total @ to_px)[:, :2, :]
 
-    def _apply_theta(self, x: torch.Tensor, theta: torch.Tensor | None) -> torch.Tensor:
+    def _apply_theta(self, x: torch.Tensor, theta: torch.Tensor | None, base: torch.Tensor | None = None) -> torch.Tensor:
         if theta is None:
             return x
-        grid = F.affine_grid(theta.to(device=x.device, dtype=x.dtype), list(x.shape), align_corners=False)
+        theta = theta.to(device=x.device, dtype=x.dtype)
+        if base is None:
+            grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        else:  # affine_grid's own product, on a base grid built once
+            grid = torch.matmul(base, theta.transpose(1, 2)).view(x.shape[0], *x.shape[-2:], 2)
         if self._pad_value is None:
             return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
         v = self._pad_value
@@ -181,7 +185,10 @@ class Compose(Transform):
         if theta is None:
             return [lambda x: x] * steps
         theta = theta.reshape(steps, n, 2, 3).to(device=device, dtype=dtype)
-        return [lambda x, t=theta[i]: self._apply_theta(x, t) for i in range(steps)]
+        identity = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]], device=device, dtype=dtype)
+        base = F.affine_grid(identity, [1, 1, h, w], align_corners=False).reshape(1, h * w, 2)
+        base = torch.cat([base, torch.ones_like(base[..., :1])], -1)  # (1, h*w, 3) homogeneous
+        return [lambda x, t=theta[i]: self._apply_theta(x, t, base) for i in range(steps)]
 
     def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         if self._fusable:
