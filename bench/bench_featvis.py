@@ -12,7 +12,11 @@ normalization in the Subject. Layers: the four Conv2d outputs (``features.0/3/6/
    frozen, eval mode, backward of minus the sum of the 16 channel means (the objective ``render``
    optimizes). Against it: ``render(subject, channel(layer, range(16)), steps=steps,
    progress=False)`` with every other argument at its default (Fourier param, standard transforms,
-   Adam lr 0.05, 16 redirected-ReLU warm-up steps, truncate=True), wall time / steps.
+   Adam lr 0.05, 16 redirected-ReLU warm-up steps, truncate=True, pick=True), wall time / steps.
+   render computes only each image's own channel of the last layer (``featvis.tap``), so two more
+   runs in the same ABBA rounds say how much of the result that is: the **picked floor** (the same
+   prefix with its last conv computing only those channels: the least work render's model part
+   can be) and ``render(..., pick=False)`` (every channel, the floor's work plus the input side).
 2. **Batched vs sequential** (target: batched >= 1.3x faster than the Lucent-style loop). The same
    channels rendered one at a time, each for ``steps`` steps: (a) ``render(subject, channel(layer,
    c), ...)`` (truncate=True), and (b) a Lucent-style loop written here (torch-lucent is not
@@ -62,11 +66,11 @@ for p in (str(REPO), str(REPO / "bench")):
 from bench_examples import CNN4, machine, timed, wait_quiet  # noqa: E402  (same model and timing helpers as issue 3)
 from lucent_site import import_lucent, render_channel  # noqa: E402
 from neuronscope import Subject  # noqa: E402
-from neuronscope.analyses.featvis.objectives import Context, channel  # noqa: E402
+from neuronscope.analyses.featvis.objectives import channel  # noqa: E402
 from neuronscope.analyses.featvis.param import make_param, to_range  # noqa: E402
 from neuronscope.analyses.featvis.redirect import RedirectedReLU  # noqa: E402
 from neuronscope.analyses.featvis.render import render  # noqa: E402
-from neuronscope.analyses.featvis.tap import Tap  # noqa: E402
+from neuronscope.analyses.featvis.tap import Tap, picked_forward  # noqa: E402
 from neuronscope.analyses.featvis.transforms import make_transforms  # noqa: E402
 
 SIZE = 64
@@ -127,6 +131,25 @@ def floor_loop(model, subject, layer: str, batch: int, steps: int):
                 a = pre(x)
                 value = a[rows, target].reshape(batch, -1).mean(1)
                 (-value.sum()).backward()
+    return run
+
+
+def picked_floor_loop(model, subject, layer: str, batch: int, steps: int):
+    """The floor of the work render needs when it computes only each image's own channel of the
+    last layer: the same prefix, its last conv run by ``tap.picked_forward``."""
+    pre = prefix(model, layer)
+    head, last = pre[:-1], pre[-1]
+    channels = torch.arange(batch) % N_CH
+    g = torch.Generator().manual_seed(0)
+    x0 = subject.prepare(0.45 + 0.1 * torch.rand(batch, 3, SIZE, SIZE, generator=g))
+
+    def run():
+        with subject.borrowed():
+            x = x0.clone().requires_grad_(True)
+            for _ in range(steps):
+                x.grad = None
+                a = picked_forward(last, head(x), channels)
+                (-a.reshape(batch, -1).mean(1).sum()).backward()
     return run
 
 
@@ -286,6 +309,7 @@ def warm_up(model, subject, log) -> None:
     log("== warm-up")
     for layer in LAYERS:
         floor_loop(model, subject, layer, N_CH, 4)()
+        picked_floor_loop(model, subject, layer, N_CH, 4)()
         floor_loop(model, subject, layer, 1, 4)()
         batched_render(subject, layer, 4)()
         single_render(subject, layer, 0, 4)()
@@ -297,11 +321,16 @@ def warm_up(model, subject, log) -> None:
 def case_floor(model, subject, layer: str, steps: int, reps: int, quiet_s: float, log) -> dict:
     log(f"== floor vs batched render: {layer}, batch {N_CH}, {steps} steps, {reps} rep(s)")
     runs = abba({"floor": floor_loop(model, subject, layer, N_CH, steps),
-                 "render": batched_render(subject, layer, steps)}, reps, quiet_s, log)
+                 "render": batched_render(subject, layer, steps),
+                 "picked floor": picked_floor_loop(model, subject, layer, N_CH, steps),
+                 "render, pick=False": batched_render(subject, layer, steps, pick=False)}, reps, quiet_s, log)
     f1 = abba({"floor batch 1": floor_loop(model, subject, layer, 1, steps)}, 1, 0, log)
     floor_ms, render_ms = 1e3 * med(runs["floor"]) / steps, 1e3 * med(runs["render"]) / steps
+    picked_ms, whole_ms = 1e3 * med(runs["picked floor"]) / steps, 1e3 * med(runs["render, pick=False"]) / steps
     return {"layer": layer, "shape": out_shape(model, layer), "batch": N_CH, "steps": steps, "reps": reps,
             "floor_ms_per_step": floor_ms, "render_ms_per_step": render_ms, "ratio": render_ms / floor_ms,
+            "picked_floor_ms_per_step": picked_ms, "ratio_to_picked_floor": render_ms / picked_ms,
+            "render_whole_layer_ms_per_step": whole_ms, "ratio_whole_layer": whole_ms / floor_ms,
             "floor1_ms_per_step": 1e3 * med(f1["floor batch 1"]) / steps,
             "floor_faults_per_step": statistics.median(r[3] for r in runs["floor"]) / steps,
             "render_faults_per_step": statistics.median(r[3] for r in runs["render"]) / steps,
@@ -345,7 +374,8 @@ def summary(runs, steps: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------ profile
-DECOMP = ["floor: truncated model fwd+bwd", "+ Subject.prepare + Tap (hooks, early exit)", "+ Fourier param",
+DECOMP = ["floor: truncated model fwd+bwd", "+ Subject.prepare + Tap (hooks, early exit)",
+          "+ last layer computes each image's own channel only (pick)", "+ Fourier param",
           "+ transforms (pad, warp, crop)", "+ Adam (zero_grad, step)", "+ history (value to numpy) = render loop",
           "what-if: redirected ReLU on every step"]
 
@@ -359,25 +389,26 @@ def replica(model, subject, layer: str, level: int, steps: int):
             return floor_loop(model, subject, layer, N_CH, steps)()
         g0 = torch.Generator().manual_seed(0)
         raw0 = 0.45 + 0.1 * torch.rand(N_CH, 3, SIZE, SIZE, generator=g0)
-        with subject.borrowed(), Tap(subject, obj.layers, needs_output=False) as tap:
+        picks = target if level >= 2 else None
+        with subject.borrowed(), Tap(subject, obj.layers, needs_output=False, picks=picks) as tap:
             p = make_param("fourier", N_CH, subject.input_shape, seed=0)
             tf = make_transforms("standard")
             g = torch.Generator().manual_seed(1)
             opt = torch.optim.Adam(p.parameters(), lr=0.05)
             for _ in range(steps):
-                if level == 1:
+                if level <= 2:
                     x = raw0.clone().requires_grad_(True)
                 else:
                     opt.zero_grad(set_to_none=True)
                     images = p()
-                    x = to_range(tf(images, g) if level >= 3 else images, subject.value_range)
-                with RedirectedReLU() if level >= 6 else contextlib.nullcontext():
-                    acts, z = tap.run(x)
-                value = obj(Context(acts, z, target, target))
+                    x = to_range(tf(images, g) if level >= 4 else images, subject.value_range)
+                with RedirectedReLU() if level >= 7 else contextlib.nullcontext():
+                    ctx = tap.context(x, target, target, "logits")
+                value = obj(ctx)
                 (-value.sum()).backward()
-                if level >= 4:
-                    opt.step()
                 if level >= 5:
+                    opt.step()
+                if level >= 6:
                     value.detach().float().cpu().numpy()
     return run
 
@@ -539,14 +570,19 @@ def markdown(res: dict) -> str:
              f"neuronscope at {m.get('commit', '?')}. Mode: {res['mode']}; {res['steps']} steps; {N_CH} channels; "
              f"total wall time {res['wall_s'] / 60:.1f} min "
              f"({res.get('reruns_for_load', 0)} runs repeated because other processes were busy).", ""]
-    lines += ["Target 1: render per step vs the floor (same batch of 16, truncated model fwd+bwd):", "",
+    lines += ["Target 1: render per step vs the floor (same batch of 16, truncated model fwd+bwd). Beside it, "
+              "the floor of only the work render does (the last conv computing each image's own channel) and "
+              "render with pick=False (every channel of the last layer, as the floor):", "",
               "| layer | output | floor ms/step | render ms/step | ratio | target | met | reps "
+              "| picked floor ms/step | render / picked floor | render pick=False ms/step | its ratio to the floor "
               "| page faults/step floor / render |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["floor"]:
         met = "yes" if r["ratio"] <= 1.1 else f"no (+{100 * (r['ratio'] / 1.1 - 1):.0f}% over)"
         lines.append(f"| {r['layer']} | {'x'.join(map(str, r['shape']))} | {r['floor_ms_per_step']:.2f} | "
                      f"{r['render_ms_per_step']:.2f} | {r['ratio']:.2f}x | <= 1.1x | {met} | {r['reps']} | "
+                     f"{r['picked_floor_ms_per_step']:.2f} | {r['ratio_to_picked_floor']:.2f}x | "
+                     f"{r['render_whole_layer_ms_per_step']:.2f} | {r['ratio_whole_layer']:.2f}x | "
                      f"{r['floor_faults_per_step']:.0f} / {r['render_faults_per_step']:.0f} |")
     floors = {r["layer"]: r for r in res["floor"]}
     if res["sequential"]:
@@ -666,8 +702,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smoke run: 32 steps, 1 repetition, no quiet waits")
     ap.add_argument("--steps", type=int, default=None, help="optimization steps per render (default 256; --quick 32)")
     ap.add_argument("--reps", type=int, default=None,
-                    help="repetitions of floor/batched render on the last conv layer (default 3; --quick 1); "
-                         "the other layers run once")
+                    help="ABBA repetitions of floor / render / picked floor / render pick=False on every layer "
+                         "(default 3; --quick 1)")
     ap.add_argument("--seq-channels", type=int, default=None,
                     help="channels rendered one at a time on the layers before the last (default 8, totals scaled "
                          "to 16; --quick 4); the last conv layer always renders all 16")
@@ -707,7 +743,7 @@ def main() -> None:
     warm_up(model, subject, log)
     if "floor" in only or "sequential" in only:
         for layer in layers:
-            res["floor"].append(case_floor(model, subject, layer, steps, reps if layer == LAST else 1, quiet_s, log))
+            res["floor"].append(case_floor(model, subject, layer, steps, reps, quiet_s, log))
     if "sequential" in only:
         for layer in layers:
             n = N_CH if layer == LAST else min(N_CH, seq_n)
