@@ -3,12 +3,12 @@
 One call optimizes a whole batch: ``objective.n`` targets times ``replicas`` images each (random
 starts, or the members of a diverse set). Per step: the parameterization draws the images, the
 transforms perturb them, the Subject normalizes them, the model runs **only as far as the
-deepest layer the objective reads** (a forward hook raises once every needed layer has fired) and,
-when the objective reads one channel per image there, that layer computes only those channels
-(:mod:`.tap`); Adam takes a step on ``-objective``. During the first ``warmup`` steps the redirected-ReLU
-gradient (:mod:`.redirect`) lets units that start switched off still move; it is used on the
-first step and then only while some image's gradient is blocked (for every other image it equals
-the ordinary gradient, at a higher cost).
+deepest layer the objective reads** (a forward hook raises once every needed layer has fired)
+and, when the objective reads one channel per image there, that layer computes only those
+channels (:mod:`.tap`); Adam takes a step on ``-objective``. During the first ``warmup`` steps
+the redirected-ReLU gradient (:mod:`.redirect`) lets units that start switched off still move;
+it is used on the first step and then only while some image's gradient is blocked (for every
+other image it equals the ordinary gradient, at a higher cost).
 
 The final score of each image is measured on the clean image (no transforms), in eval mode.
 """
