@@ -12,6 +12,7 @@ from neuronscope import Subject
 from neuronscope.analyses.featvis import objectives as O
 from neuronscope.analyses.featvis import render
 from neuronscope.analyses.featvis.render import _picks
+from neuronscope.analyses.featvis import tap as tap_module
 from neuronscope.analyses.featvis.tap import Tap, can_pick, picked_forward
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -125,13 +126,22 @@ def test_a_layer_is_picked_only_when_the_objective_reads_one_channel_per_image_t
     assert picked_layers(s, O.channel("1", range(6))) == set()  # a ReLU computes all its channels
 
 
-def test_a_picked_render_is_the_whole_layer_render_and_leaves_no_hook_behind():
+def test_a_picked_render_is_the_whole_layer_render_and_leaves_no_hook_behind(monkeypatch):
     model = cnn()
     s = Subject(model, (3, 12, 12), mean=0.5, std=0.25)
+    calls = []
+
+    def counted(module, x, channels):
+        calls.append(len(channels))
+        return picked_forward(module, x, channels)
+    monkeypatch.setattr(tap_module, "picked_forward", counted)
     for obj in (O.channel("2", range(6)), O.neuron("2", [0, 3, 5], [(1, 1), (6, 6), (10, 2)]),
                 -O.channel("0", [1, 2]), O.channel("6", range(3))):
+        calls.clear()
         a = render(s, obj, steps=12, progress=False)
+        assert len(calls) == 12 + 2  # every step, the start and the final evaluation
         b = render(s, obj, steps=12, pick=False, progress=False)
+        assert len(calls) == 14
         np.testing.assert_allclose(a.values, b.values, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(a.history, b.history, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(a.images, b.images, atol=1e-4)
