@@ -115,9 +115,12 @@ def out_shape(model: nn.Module, layer: str) -> list[int]:
 
 
 # ------------------------------------------------------------------------------------ loops
-def floor_loop(model, subject, layer: str, batch: int, steps: int):
-    """``steps`` x (forward of the truncated model + backward of the objective's sum)."""
+def floor_loop(model, subject, layer: str, batch: int, steps: int, picked: bool = False):
+    """``steps`` x (forward of the truncated model + backward of the objective's sum). ``picked``:
+    the floor of the work render does, its last conv computing only each image's own channel
+    (``tap.picked_forward``)."""
     pre = prefix(model, layer)
+    head, last = pre[:-1], pre[-1]
     target = torch.arange(batch) % N_CH
     rows = torch.arange(batch)
     g = torch.Generator().manual_seed(0)
@@ -128,28 +131,9 @@ def floor_loop(model, subject, layer: str, batch: int, steps: int):
             x = x0.clone().requires_grad_(True)
             for _ in range(steps):
                 x.grad = None
-                a = pre(x)
-                value = a[rows, target].reshape(batch, -1).mean(1)
+                own = picked_forward(last, head(x), target) if picked else pre(x)[rows, target]
+                value = own.reshape(batch, -1).mean(1)
                 (-value.sum()).backward()
-    return run
-
-
-def picked_floor_loop(model, subject, layer: str, batch: int, steps: int):
-    """The floor of the work render needs when it computes only each image's own channel of the
-    last layer: the same prefix, its last conv run by ``tap.picked_forward``."""
-    pre = prefix(model, layer)
-    head, last = pre[:-1], pre[-1]
-    channels = torch.arange(batch) % N_CH
-    g = torch.Generator().manual_seed(0)
-    x0 = subject.prepare(0.45 + 0.1 * torch.rand(batch, 3, SIZE, SIZE, generator=g))
-
-    def run():
-        with subject.borrowed():
-            x = x0.clone().requires_grad_(True)
-            for _ in range(steps):
-                x.grad = None
-                a = picked_forward(last, head(x), channels)
-                (-a.reshape(batch, -1).mean(1).sum()).backward()
     return run
 
 
@@ -309,7 +293,7 @@ def warm_up(model, subject, log) -> None:
     log("== warm-up")
     for layer in LAYERS:
         floor_loop(model, subject, layer, N_CH, 4)()
-        picked_floor_loop(model, subject, layer, N_CH, 4)()
+        floor_loop(model, subject, layer, N_CH, 4, picked=True)()
         floor_loop(model, subject, layer, 1, 4)()
         batched_render(subject, layer, 4)()
         single_render(subject, layer, 0, 4)()
@@ -322,7 +306,7 @@ def case_floor(model, subject, layer: str, steps: int, reps: int, quiet_s: float
     log(f"== floor vs batched render: {layer}, batch {N_CH}, {steps} steps, {reps} rep(s)")
     runs = abba({"floor": floor_loop(model, subject, layer, N_CH, steps),
                  "render": batched_render(subject, layer, steps),
-                 "picked floor": picked_floor_loop(model, subject, layer, N_CH, steps),
+                 "picked floor": floor_loop(model, subject, layer, N_CH, steps, picked=True),
                  "render, pick=False": batched_render(subject, layer, steps, pick=False)}, reps, quiet_s, log)
     f1 = abba({"floor batch 1": floor_loop(model, subject, layer, 1, steps)}, 1, 0, log)
     floor_ms, render_ms = 1e3 * med(runs["floor"]) / steps, 1e3 * med(runs["render"]) / steps

@@ -124,7 +124,7 @@ class Sum(Objective):
 
     def channels_read(self, layer):
         reads = [p.channels_read(layer) for p in self.parts if layer in p.layers]
-        if not reads or any(r is None or r.shape != reads[0].shape or not torch.equal(r, reads[0]) for r in reads):
+        if not reads or any(r is None or not torch.equal(r, reads[0]) for r in reads):
             return None
         return reads[0]
 

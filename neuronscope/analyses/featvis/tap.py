@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.modules import module as _module  # global hooks apply to every module
 
 from ...subject import Subject, first_tensor
 from .objectives import Context
@@ -34,9 +35,7 @@ def can_pick(module: nn.Module) -> bool:
         return False
     if "forward" in module.__dict__ or module._forward_hooks or module._forward_pre_hooks:
         return False
-    from torch.nn.modules import module as _m  # global hooks apply to every module
-
-    return not (_m._global_forward_hooks or _m._global_forward_pre_hooks)
+    return not (_module._global_forward_hooks or _module._global_forward_pre_hooks)
 
 
 def picked_forward(module: nn.Module, x: torch.Tensor, channels: torch.Tensor) -> torch.Tensor | None:
@@ -125,7 +124,7 @@ class Tap:
                     raise _Enough
             return fn
 
-        self._handles.insert(0, model.register_forward_pre_hook(reset))
+        self._handles.append(model.register_forward_pre_hook(reset))
         for module_name in wanted:
             self._handles.append(model.get_submodule(module_name).register_forward_hook(hook(module_name)))
         if self.needs_output and self.subject.squash:
