@@ -93,6 +93,78 @@ def test_gradient_shap_on_a_linear_model_is_w_times_x_minus_the_baseline_on_aver
     assert torch.allclose(e["gradient_shap"].maps, W * (X4 - base), atol=1e-4)
 
 
+SAMPLED = ["smoothgrad", "smoothgrad_sq", "vargrad", "gradient_shap"]
+
+
+def small_image_subject():
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                          nn.Linear(16, 3)).eval()
+    return Subject(model, (3, 8, 8), classes=["a", "b", "c"])
+
+
+def test_sampled_methods_give_an_example_the_same_map_whatever_its_batch_pass_size_or_run():
+    """Captum draws SmoothGrad's noise per pass and gradient SHAP's path points from NumPy's unseeded
+    generator; here an example's draws are keyed to (seed, its id)."""
+    s = small_image_subject()
+    x = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    ids = [f"img-{i}" for i in range(6)]
+    torch_state, numpy_state = torch.get_rng_state(), np.random.get_state()
+    run = dict(method=SAMPLED, ids=ids, samples=12, baseline="blur", **QUICK)
+    ref = explain(s, x, **run)
+    assert torch.equal(torch.get_rng_state(), torch_state), "the global torch generator was used"
+    assert np.array_equal(np.random.get_state()[1], numpy_state[1]), "the global NumPy generator was used"
+    for rows in (5, 24, 1000):  # rows per pass: within an input, across inputs, everything at once
+        other = explain(s, x, batch_size=rows, **run)
+        for m in SAMPLED:
+            torch.testing.assert_close(other[m].maps, ref[m].maps, rtol=1e-5, atol=1e-5 * ref[m].maps.abs().max(),
+                                       msg=f"{m} at {rows} rows")
+    part = explain(s, x[[4, 1]], **{**run, "ids": [ids[4], ids[1]]})
+    again = explain(s, x, **run)
+    for m in SAMPLED:
+        torch.testing.assert_close(part[m].maps, ref[m].maps[[4, 1]], rtol=1e-5, atol=1e-5 * ref[m].maps.abs().max())
+        assert torch.equal(again[m].maps, ref[m].maps)
+    # the draws are random: another seed, or another id, draws other noise
+    reseeded = explain(s, x, **{**run, "seed": 1})
+    renamed = explain(s, x[:1], **{**run, "ids": ["img-1"]})
+    for m in SAMPLED:
+        scale = ref[m].maps.abs().max()
+        assert (reseeded[m].maps - ref[m].maps).abs().max() > 0.01 * scale, m
+        assert (renamed[m].maps - ref[m].maps[:1]).abs().max() > 0.01 * scale, m
+
+
+def test_sampled_methods_agree_with_captums_in_expectation():
+    """Same estimators as Captum's NoiseTunnel and GradientShap: with many samples both means meet
+    (well apart from the plain gradient, so a method that ignored the noise would fail)."""
+    from captum.attr import GradientShap, NoiseTunnel, Saliency
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1)).eval()
+    s = vector_subject(model, 3)
+    x = torch.tensor([[0.5, -1.0, 2.0], [-2.0, 0.3, 0.1]])
+    base = torch.tensor([1.0, 0.0, -1.0])
+    n, stdev = 20000, 0.1 * 10  # noise is a fraction of the value range (-5, 5)
+    ours = explain(s, x, method=["smoothgrad", "vargrad", "gradient_shap"], samples=n, noise=0.1, baseline=base,
+                   **QUICK)
+    numpy_state = np.random.get_state()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        np.random.seed(0)  # GradientShap's path points
+        xs, nt = x.clone().requires_grad_(True), NoiseTunnel(Saliency(model))
+        common = dict(nt_samples=n, nt_samples_batch_size=2000, stdevs=stdev, target=0, abs=False)
+        smooth = nt.attribute(xs, nt_type="smoothgrad", **common)
+        var = nt.attribute(xs, nt_type="vargrad", **common)
+        shap = GradientShap(model).attribute(xs, baselines=torch.stack([base, base]), n_samples=n, stdevs=stdev / 2,
+                                             target=0)
+    np.random.set_state(numpy_state)
+    plain = Saliency(model).attribute(x.clone().requires_grad_(True), target=0, abs=False)
+    scale = smooth.abs().max().item()
+    assert (smooth - plain).abs().max().item() > 0.1 * scale  # the noise matters at this level
+    torch.testing.assert_close(ours["smoothgrad"].maps, smooth.detach(), atol=0.02 * scale, rtol=0)
+    torch.testing.assert_close(ours["vargrad"].maps, var.detach(), atol=0.05 * var.abs().max().item(), rtol=0)
+    torch.testing.assert_close(ours["gradient_shap"].maps, shap.detach(), atol=0.03 * shap.abs().max().item(), rtol=0)
+
+
 def test_ig_against_a_mean_baseline_from_data(tmp_path):
     s = linear_subject()
     rows = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)

@@ -289,8 +289,8 @@ def test_many_units_and_many_inputs_split_into_tasks_like_the_same_calls_in_one_
     assert all(len(r.images) == 0 for r in w.results) and [r.values[0] for r in w.results] == [r.values[0] for r in v.results]
     assert sorted(p.name for p in (tmp_path / "v" / "1").glob("*.png")) == sorted(f"{u}-pos.png" for u in range(8))
     batch = data.get(data.ids()[:10])
-    e = eng.explain(s, batch, per_task=4, target="predicted", method=["integrated_gradients", "occlusion"],
-                    n_steps=8)
+    e = eng.explain(s, batch, per_task=4, target="predicted",
+                    method=["integrated_gradients", "occlusion", "smoothgrad"], n_steps=8, samples=6)
     assert e.ids == batch.ids and len(e["occlusion"].curves.deletion_auc) == 10
     assert e.target.labels == [f"class {c} (predicted)" for c in e.predicted]
     first = explain(s, data.get(batch.ids[:4]), target="predicted", method=["integrated_gradients", "occlusion"],
@@ -299,6 +299,11 @@ def test_many_units_and_many_inputs_split_into_tasks_like_the_same_calls_in_one_
                    n_steps=8, randomisation=False, progress=False)
     torch.testing.assert_close(e["integrated_gradients"].maps[8:], last["integrated_gradients"].maps)
     np.testing.assert_allclose(e["occlusion"].curves.insertion_auc[8:], last["occlusion"].curves.insertion_auc)
+    # an example's SmoothGrad noise is its own: the task of inputs 4-7 draws what the whole call draws
+    whole = explain(s, batch, target="predicted", method="smoothgrad", samples=6, randomisation=False, progress=False)
+    torch.testing.assert_close(e["smoothgrad"].maps, whole["smoothgrad"].maps)
+    tensors = eng.explain(s, batch.x, per_task=4, method="smoothgrad", samples=6, randomisation=False, curves=False)
+    assert tensors.ids == [f"input-{i}" for i in range(10)], "tensor inputs keep their place in the whole call"
     assert e["integrated_gradients"].randomisation.correlations == first["integrated_gradients"].randomisation.correlations
     from ray import cloudpickle
 

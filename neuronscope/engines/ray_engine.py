@@ -362,16 +362,20 @@ class RayEngine:
         :class:`~neuronscope.analyses.attribution.explain.Explanation` (each chunk's part is what
         ``explain(subject, chunk, ...)`` gives in one process). The randomisation check runs in
         the first chunk only, on its first inputs, as one call runs it on the first ones."""
+        import torch
+
         from ..analyses.attribution.explain import Explanation, explain
         from ..data import Batch
 
-        n = len(x.ids) if isinstance(x, Batch) else len(x)
         step = _positive("per_task", per_task)
-        chunk = (lambda i: Batch(x.ids[i:i + step], x.x[i:i + step], None if x.y is None else x.y[i:i + step])) \
-            if isinstance(x, Batch) else (lambda i: x[i:i + step])
+        if not isinstance(x, Batch):  # ids of the whole call, so each example keeps its own (and its draws)
+            ids = options.pop("ids", None)
+            x = torch.as_tensor(np.asarray(x)) if not isinstance(x, torch.Tensor) else x
+            x = Batch(list(ids) if ids is not None else [f"input-{i}" for i in range(len(x))], x, None)
         check = options.pop("randomisation", True)
-        calls = [((chunk(i),), dict(data=data, **{**options, "progress": False, "randomisation": check and i == 0}))
-                 for i in range(0, n, step)]
+        calls = [((Batch(x.ids[i:i + step], x.x[i:i + step], None if x.y is None else x.y[i:i + step]),),
+                  dict(data=data, **{**options, "progress": False, "randomisation": check and i == 0}))
+                 for i in range(0, len(x.ids), step)]
         return Explanation.concat(self.map_calls(subject, data, explain, calls, desc="attribution"))
 
     def shutdown_workers(self) -> None:

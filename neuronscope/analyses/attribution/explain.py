@@ -361,6 +361,9 @@ def explain(subject: Subject, inputs, target="predicted", method: str | Sequence
         measured cost and free memory (see :mod:`.batching`).
     curves, randomisation : deletion/insertion curves per explanation; the model-randomisation
         sanity check per method on ``check_sample`` inputs (runs on copies of the model).
+    ids : names for tensor inputs (default ``input-0``, ``input-1``, ...).
+    seed : the sampled methods (SmoothGrad, VarGrad, gradient SHAP) draw each example's noise from
+        (seed, example id): its map does not depend on the batch it came in or the pass size.
     """
     t0 = time.perf_counter()
     image = len(subject.input_shape) == 3
@@ -404,8 +407,8 @@ def explain(subject: Subject, inputs, target="predicted", method: str | Sequence
                 part = tgt.part(s, s + chunk)
                 xs = x[s:s + chunk].detach().clone().requires_grad_(True)  # Captum would warn and do the same
                 ctx = Context(subject, part, xs, base[s:s + chunk], layer=layer, n_steps=n_steps,
-                              samples=samples, noise=noise, window=window, stride=stride, seed=seed + s,
-                              batch=_chooser(subject, part, xs, batch_size, record))
+                              samples=samples, noise=noise, window=window, stride=stride, seed=seed,
+                              keys=ids[s:s + chunk], batch=_chooser(subject, part, xs, batch_size, record))
                 maps, extra = m.run(ctx)
                 parts.append(maps.detach())
                 extras.append(extra)
@@ -439,8 +442,8 @@ def explain(subject: Subject, inputs, target="predicted", method: str | Sequence
             k = min(check_sample, n)
             bar = progress_bar(total=len(methods), desc="randomisation check", unit="method", enabled=progress)
             for m in methods:
-                results[m.name].randomisation = _randomisation(subject, m, tgt.part(0, k), x[:k], base[:k], layer,
-                                                               n_steps, samples, noise, window, stride, seed,
+                results[m.name].randomisation = _randomisation(subject, m, tgt.part(0, k), x[:k], ids[:k], base[:k],
+                                                               layer, n_steps, samples, noise, window, stride, seed,
                                                                batch_size)
                 bar.update(1)
             bar.close()
@@ -484,13 +487,14 @@ def _curve_maps(r: MethodResult) -> torch.Tensor:
     return m
 
 
-def _randomisation(subject, m: Method, tgt: Target, x, base, layer, n_steps, samples, noise, window, stride, seed,
-                   batch_size) -> RandomisationCheck:
+def _randomisation(subject, m: Method, tgt: Target, x, ids, base, layer, n_steps, samples, noise, window, stride,
+                   seed, batch_size) -> RandomisationCheck:
     def attribute(sub: Subject, xs: torch.Tensor, idx: list[int]) -> torch.Tensor:
         t = dataclasses.replace(tgt.on(sub), index=list(idx))
         xs = xs.detach().clone().requires_grad_(True)
         ctx = Context(sub, t, xs, base[: len(xs)], layer=layer, n_steps=n_steps, samples=samples, noise=noise,
-                      window=window, stride=stride, seed=seed, batch=_chooser(sub, t, xs, batch_size, {}))
+                      window=window, stride=stride, seed=seed, keys=ids[: len(xs)],
+                      batch=_chooser(sub, t, xs, batch_size, {}))
         with sub.borrowed():
             return m.run(ctx)[0].detach()
 

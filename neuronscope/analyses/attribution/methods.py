@@ -26,6 +26,7 @@ from torch import nn
 
 from ...errors import OptionError, UnsupportedError, did_you_mean
 from ...subject import Subject
+from .sampling import sampled_gradients
 from .targets import Target
 
 
@@ -44,6 +45,7 @@ class Context:
     window: int | None = None  # occlusion / ablation patch side, pixels (images)
     stride: int | None = None
     seed: int = 0
+    keys: list[str] | None = None  # example ids: the sampled methods key their random draws to them
     # (kind, evaluations per input) -> a batching.BatchChoice (or None: Captum's default); set by explain()
     batch: Callable[[str, int], object | None] = lambda kind, evaluations: None
     choices: dict = field(default_factory=dict)  # what batch() chose, per method, for the record
@@ -92,38 +94,34 @@ def _integrated_gradients(ctx: Context):
     return attr, {"delta": delta.detach()}
 
 
+def _sampled(ctx: Context, kind: str, stdev: float, baseline=None, moments: int = 1):
+    choice = ctx.batch(kind, ctx.samples)
+    rows = choice.rows if choice is not None else len(ctx.x) * ctx.samples
+    keys = list(ctx.keys) if ctx.keys is not None else [f"input-{i}" for i in range(len(ctx.x))]
+    return sampled_gradients(ctx.target.forward, ctx.x, _index(ctx), keys, samples=ctx.samples, stdev=stdev,
+                             seed=ctx.seed, rows_per_pass=rows, baseline=baseline, moments=moments)
+
+
 def _noise_tunnel(nt_type: str):
+    """SmoothGrad (mean gradient), SmoothGrad-squared (mean square) or VarGrad (variance) over
+    noisy copies, as Captum's NoiseTunnel defines them, with draws keyed per example (:mod:`.sampling`)."""
     def run(ctx: Context):
-        from captum.attr import NoiseTunnel, Saliency
-        choice = ctx.batch(nt_type, ctx.samples)
-        size = choice.per_input if choice is not None else None  # noise samples per input per pass
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(ctx.seed)
-            attr = NoiseTunnel(Saliency(ctx.target.forward)).attribute(
-                ctx.x, nt_type=nt_type, nt_samples=ctx.samples, nt_samples_batch_size=size, stdevs=_stdev(ctx),
-                target=_index(ctx), abs=False)
-        return attr, {}
+        means = _sampled(ctx, nt_type, _stdev(ctx), moments=1 if nt_type == "smoothgrad" else 2)
+        if nt_type == "smoothgrad":
+            attr = means[0]
+        elif nt_type == "smoothgrad_sq":
+            attr = means[1]
+        else:
+            attr = (means[1] - means[0] ** 2).clamp_min(0)
+        return attr.to(ctx.x.dtype), {}
     return run
 
 
 def _gradient_shap(ctx: Context):
-    """Gradient SHAP draws its baselines around the chosen baseline (plus noise); Captum expands
-    every input into ``samples`` copies at once, so inputs go through in chunks."""
-    from captum.attr import GradientShap
-    choice = ctx.batch("gradient_shap", ctx.samples)
-    rows = choice.rows if choice is not None else len(ctx.x) * ctx.samples
-    per_chunk = max(1, rows // ctx.samples)
-    method, parts, deltas = GradientShap(ctx.target.forward), [], []
-    index = _index(ctx)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(ctx.seed)
-        for s in range(0, len(ctx.x), per_chunk):
-            x, b = ctx.x[s:s + per_chunk], ctx.baseline[s:s + per_chunk]
-            a, d = method.attribute(x, baselines=torch.cat([b, b]), n_samples=ctx.samples, stdevs=_stdev(ctx) / 2,
-                                    target=index[s:s + per_chunk], return_convergence_delta=True)
-            parts.append(a)
-            deltas.append(d.detach().reshape(len(x), -1).mean(1))
-    return torch.cat(parts), {"delta_mean": torch.cat(deltas)}
+    """Gradient SHAP around each input's own baseline (Captum would draw any input's baseline from
+    the batch's), with half SmoothGrad's noise and draws keyed per example (:mod:`.sampling`)."""
+    (attr,) = _sampled(ctx, "gradient_shap", _stdev(ctx) / 2, baseline=ctx.baseline)
+    return attr.to(ctx.x.dtype), {}
 
 
 def default_window(shape: tuple[int, ...]) -> int:
