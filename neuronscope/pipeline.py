@@ -74,15 +74,18 @@ SECTION_CODE = {
     "examples": ("analyses/examples.py", "analyses/reducers.py", "analyses/sketch.py", "analyses/activations.py",
                  "analyses/example_pictures.py", "analyses/receptive_field.py", "analyses/stream.py", "subject.py"),
     "activations": ("analyses/activations.py", "imaging.py", "subject.py"),
-    "featvis": tuple(f"analyses/featvis/{m}.py" for m in ("param", "objectives", "transforms", "redirect", "render",
-                                                         "evidence", "visualize")) + ("subject.py",),
-    "attribution": tuple(f"analyses/attribution/{m}.py" for m in ("targets", "baselines", "methods", "batching",
-                                                                   "trust", "explain", "drivers", "section")) + ("subject.py",),
+    "featvis": tuple(f"analyses/featvis/{m}.py" for m in ("param", "objectives", "transforms", "redirect", "tap",
+                                                         "render", "evidence", "visualize", "vector")) + ("subject.py",),
+    "attribution": tuple(f"analyses/attribution/{m}.py" for m in ("targets", "baselines", "methods", "sampling",
+                                                                   "batching", "trust", "explain", "drivers", "section"))
+    + ("subject.py",),
     "tabular": tuple(f"analyses/tabular/{m}.py" for m in ("logistic", "importance", "surrogate", "hidden", "section"))
     + ("subject.py",),
-    "shortcuts": ("analyses/shortcuts.py", "analyses/attribution/explain.py", "analyses/attribution/methods.py",
-                  "analyses/featvis/patch.py", "analyses/featvis/render.py", "analyses/featvis/param.py",
-                  "analyses/stream.py", "subject.py"),
+    "shortcuts": ("analyses/shortcuts.py", "analyses/stream.py", "subject.py")
+    + tuple(f"analyses/attribution/{m}.py" for m in ("targets", "baselines", "methods", "sampling", "batching",
+                                                      "explain"))
+    + tuple(f"analyses/featvis/{m}.py" for m in ("param", "objectives", "transforms", "redirect", "tap", "render",
+                                                  "patch")),
     "directions": tuple(f"analyses/directions/{m}.py" for m in ("rows", "factorize", "sae", "book", "examples", "basis",
                                                                  "classes", "splice", "codemap", "section"))
     + ("analyses/examples.py", "analyses/example_pictures.py", "analyses/stream.py", "subject.py"),

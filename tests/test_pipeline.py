@@ -271,3 +271,49 @@ def test_sanity_errors_are_the_same_however_the_pass_was_cut():
     a.add(step(0, 3))
     b.add(step(3, 6))
     assert whole.result().errors["id"] == b.merge(a).result().errors["id"] == ["x0", "x1", "x2", "x3"]
+
+
+def _run_with_global_rngs_at(seed: int, s, data, out, opts):
+    """One report run after setting every global generator (and forgetting the batch-size
+    measurements, so they are taken again): a result must depend on none of them."""
+    import random
+
+    from neuronscope.analyses.attribution import batching
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    batching.clear_cache()
+    analyze(s, data, out, opts)
+
+
+def test_two_runs_of_the_report_on_images_write_the_same_results(image_folder, tmp_path):
+    from stores import assert_same_store
+
+    s = Subject(small_cnn(), (3, 16, 16), classes=["dark", "light"])
+    opts = ReportOptions(progress=False, featvis_units=1, featvis_steps=8, featvis_diverse=2, attribution_inputs=4,
+                         attribution_units=1, dictionary_steps=20)
+    for seed, name in ((1, "a"), (2, "b")):
+        _run_with_global_rngs_at(seed, s, open_data(image_folder, input_shape=(3, 16, 16)), tmp_path / name, opts)
+    assert_same_store(tmp_path / "a", tmp_path / "b", sections=None)
+
+
+def test_two_runs_of_the_report_on_vectors_write_the_same_results(tmp_path):
+    """The vector defaults include gradient SHAP, whose path points Captum draws from NumPy's
+    global generator, and permutation importance."""
+    from stores import assert_same_store
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 5)).astype(np.float32)
+    y = (x[:, 0] - x[:, 2] > 0).astype(np.int64)
+    np.savez(tmp_path / "rows.npz", x=x, y=y)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 2))
+    s = Subject(model, (5,), classes=["no", "yes"], columns=[f"c{i}" for i in range(5)])
+    opts = ReportOptions(progress=False, featvis_units=1, featvis_steps=8, featvis_diverse=0, attribution_inputs=4,
+                         attribution_units=1, dictionary_steps=20)
+    for seed, name in ((1, "a"), (2, "b")):
+        _run_with_global_rngs_at(seed, s, open_data(tmp_path / "rows.npz", input_shape=(5,)), tmp_path / name, opts)
+    sections = json.loads((tmp_path / "a" / "manifest.json").read_text())["sections"]
+    assert {"attribution", "tabular"} <= set(sections)
+    assert_same_store(tmp_path / "a", tmp_path / "b", sections=None)

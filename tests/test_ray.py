@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
@@ -24,6 +23,7 @@ from torch import nn
 from neuronscope import Subject
 from neuronscope.data import ImageFolder, open_data
 from neuronscope.pipeline import ReportOptions, analyze
+from stores import assert_same_store
 
 pytestmark = pytest.mark.slow
 PASS_ONLY = ReportOptions(progress=False, sections=["sanity", "examples"], batch_size=16)
@@ -69,35 +69,6 @@ def engine(**kw):
     from neuronscope.engines.ray_engine import RayEngine
 
     return RayEngine(workers=2, shard_size=64, **kw)
-
-
-def assert_same_store(a: Path, b: Path, sections=("examples", "layer_stats", "sanity")):
-    """Equal under the reducers' merge semantics: ids, ranks, counts and pictures exact; floats to
-    1e-6 (the broken file shifts the one-process batches, and a float32 convolution's last bits
-    depend on the batch it ran in)."""
-    import json
-
-    ma, mb = (json.loads((p / "manifest.json").read_text())["sections"] for p in (a, b))
-    for sec in sections:
-        assert ma[sec]["key"] == mb[sec]["key"], sec
-        assert ma[sec]["tables"] == mb[sec]["tables"] and ma[sec]["images"] == mb[sec]["images"]
-        for rel in ma[sec]["tables"].values():
-            if rel.endswith("/batching.parquet"):  # chosen by timing the machine: how it ran, not a result
-                continue
-            ta, tb = pq.read_table(a / rel).to_pydict(), pq.read_table(b / rel).to_pydict()
-            assert list(ta) == list(tb), rel
-            for col in ta:
-                if col == "seconds":  # how long a step took is not a result
-                    continue
-                va, vb = ta[col], tb[col]
-                if va and isinstance(next((v for v in va if v is not None), None), float):
-                    fa = np.array([np.nan if v is None else v for v in va], dtype=float)
-                    fb = np.array([np.nan if v is None else v for v in vb], dtype=float)
-                    np.testing.assert_allclose(fa, fb, rtol=1e-6, atol=1e-9, equal_nan=True, err_msg=f"{rel}:{col}")
-                else:
-                    assert va == vb, f"{rel}:{col}"
-        for rel in ma[sec]["images"].values():
-            assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
 
 
 def test_the_store_is_the_same_with_and_without_ray(ray_cluster, folder, tmp_path):
