@@ -317,3 +317,24 @@ def test_two_runs_of_the_report_on_vectors_write_the_same_results(tmp_path):
     sections = json.loads((tmp_path / "a" / "manifest.json").read_text())["sections"]
     assert {"attribution", "tabular"} <= set(sections)
     assert_same_store(tmp_path / "a", tmp_path / "b", sections=None)
+
+
+def test_every_module_of_a_sections_package_invalidates_its_stored_results():
+    """A module added to a section's package without being listed in SECTION_CODE would leave old
+    results in place after it changes (tap.py and sampling.py were, for a while)."""
+    from pathlib import Path
+
+    import neuronscope
+    from neuronscope.pipeline import SECTION_CODE
+
+    root = Path(neuronscope.__file__).parent
+    not_the_section = {"analyses/featvis/accentuate.py": "API and CLI only",
+                       "analyses/featvis/patch.py": "the shortcuts section's"}
+    for section in ("featvis", "attribution", "tabular", "directions"):
+        listed = set(SECTION_CODE[section])
+        assert all((root / f).exists() for f in listed), section
+        for f in sorted((root / "analyses" / section).glob("*.py")):
+            rel = f.relative_to(root).as_posix()
+            if f.name != "__init__.py" and rel not in not_the_section:
+                assert rel in listed, f"{rel} is not in SECTION_CODE[{section!r}]"
+    assert "analyses/featvis/patch.py" in SECTION_CODE["shortcuts"]
