@@ -75,7 +75,8 @@ SECTION_CODE = {
                  "analyses/example_pictures.py", "analyses/receptive_field.py", "analyses/stream.py", "subject.py"),
     "activations": ("analyses/activations.py", "imaging.py", "subject.py"),
     "featvis": tuple(f"analyses/featvis/{m}.py" for m in ("param", "objectives", "transforms", "redirect", "tap",
-                                                         "render", "evidence", "visualize", "vector")) + ("subject.py",),
+                                                         "render", "evidence", "visualize", "vector"))
+    + ("analyses/stream.py", "subject.py"),
     "attribution": tuple(f"analyses/attribution/{m}.py" for m in ("targets", "baselines", "methods", "sampling",
                                                                    "batching", "trust", "explain", "drivers", "section"))
     + ("subject.py",),

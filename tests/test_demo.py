@@ -503,7 +503,7 @@ def test_visualizing_the_shortcut_unit_draws_the_marker_feature(demo_built):
     target = e["classes"].index(shapes.SHORTCUT_CLASS)
 
     def flips(units):
-        v = ns.visualize(subject, [f"relu3:{u}@7,7" for u in units], data=data, seeds=2, negative=False, progress=False)
+        v = ns.visualize(subject, [f"relu3:{u}@7,7" for u in units], data=data, seeds=6, negative=False, progress=False)
         rates = []
         for r in v:
             for img in r.images:
@@ -518,10 +518,11 @@ def test_visualizing_the_shortcut_unit_draws_the_marker_feature(demo_built):
     print(f"other-class images called {shapes.SHORTCUT_CLASS}: {base:.0%} as they are, {marked:.0%} with the real "
           f"marker, {f.mean():.0%} with the corner of a flagged unit's visualization (units {flagged}), "
           f"{c.mean():.0%} with a control unit's; per picture {f.round(2)} vs {c.round(2)}")
-    # measured (seed 0, 256 steps, 2 seeds): base 0%, real marker 78%; flagged units' pictures 1%-76% (mean 24%,
-    # the best two 76% and 64%), control units' 0%-3% (mean 1%)
+    # One picture per start varies a lot: with 2 starts a unit, the flagged/control means ranged 15-29% / 1-7%
+    # over seeds 0-2 (ratio 4x to 28x). With 6 starts (2026-12-04, 256 steps, seeds 0-2 and two colour samples):
+    # base 0%, real marker 78%; flagged 22-27% (best picture 81-95%), controls 2-4%, ratio 7x to 14x.
     assert base < 0.05
-    assert f.mean() > 0.12 and f.mean() > 5 * c.mean() and f.max() > 0.4
+    assert f.mean() > 0.15 and f.mean() > 5 * c.mean() and f.max() > 0.5
 
 
 @pytest.mark.slow

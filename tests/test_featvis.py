@@ -551,6 +551,24 @@ def test_colour_matrix_of_grey_data():
     assert colour_matrix(torch.rand(5, 1, 4, 4)).tolist() == [[1.0]]
 
 
+def test_the_colour_sample_spreads_over_a_class_sorted_folder_and_skips_unreadable_files(tmp_path):
+    """150 red then 150 blue images and 200 to sample: taking the first 200 would be three quarters
+    red, and the colour matrix would be the red class's."""
+    from PIL import Image
+
+    from neuronscope.analyses.featvis.visualize import _sample
+    from neuronscope.data import open_data
+
+    for c, rgb in (("a-red", (200, 20, 20)), ("b-blue", (20, 20, 200))):
+        (tmp_path / c).mkdir()
+        for i in range(150):
+            Image.fromarray(np.full((4, 4, 3), rgb, np.uint8)).save(tmp_path / c / f"{i:03d}.png")
+    (tmp_path / "a-red" / "001.png").write_bytes(b"not a png")
+    x = _sample(open_data(tmp_path, input_shape=(3, 4, 4)), 200, (0.0, 1.0))
+    red = int((x[:, 0, 0, 0] > x[:, 2, 0, 0]).sum())
+    assert len(x) in (199, 200) and abs(red - len(x) / 2) <= 2, red
+
+
 # ---------------------------------------------------------------------------- 14. transforms
 def test_transform_sizes_are_relative():
     assert T.Pad(12 / 224).pixels(224) == 12

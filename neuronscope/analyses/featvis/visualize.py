@@ -314,14 +314,12 @@ def _colour_label(colour, data) -> str:
 
 
 def _sample(data, n: int, value_range: tuple[float, float]) -> torch.Tensor:
-    """``n`` examples spread evenly over the data (folders list one class after another), in [0, 1]."""
+    """``n`` examples spread evenly over the data (folders list one class after another), in [0, 1];
+    unreadable ones are left out."""
+    from ..stream import spread_batches
+
     lo, hi = value_range
-    ids = list(data.ids())
-    picked = ids[:: max(1, len(ids) // n)][:n]
-    try:
-        x = torch.as_tensor(np.asarray(data.get(picked).x), dtype=torch.float32)
-    except NeuronscopeError:  # an unreadable file among them: take the first readable ones instead
-        x = torch.cat([torch.as_tensor(np.asarray(b.x), dtype=torch.float32) for b in data.batches(n, limit=n)])
+    x = torch.cat([torch.as_tensor(np.asarray(b.x), dtype=torch.float32) for b in spread_batches(data, n, n)])
     return (x - lo) / (hi - lo)
 
 
