@@ -76,6 +76,15 @@ def test_sanity_confusion_and_near_chance_warning(image_folder):
     assert res.warning and "near chance" in res.warning and "--mean/--std" in res.warning
 
 
+def test_a_limit_that_reads_one_class_says_so_instead_of_near_chance(image_folder):
+    """The folder lists dark then light: a limit of 5 reads dark images only, where every model
+    "is near chance" (the majority rate is 100%) and the inputs are not to blame."""
+    s = Subject(small_cnn(), (3, 16, 16), classes=["dark", "light"])
+    res = sanity(s, open_data(image_folder, input_shape=(3, 16, 16)), limit=5, progress=False)
+    assert res.chance == 1.0 and res.warning and "near chance" not in res.warning
+    assert "All 5 labelled examples read are of class 'dark'" in res.warning and "--limit" in res.warning
+
+
 def test_sanity_on_a_model_that_works():
     torch.manual_seed(0)
     x = torch.randn(200, 3)

@@ -157,7 +157,14 @@ class SanityReducer:
             res.errors = {"id": [self.ids[i] for i in wrong], "true": [s.classes[y[i]] for i in wrong],
                           "predicted": [s.classes[pred[i]] for i in wrong],
                           "confidence": [float(conf[i]) for i in wrong]}
-            if res.accuracy <= res.chance + NEAR_CHANCE_MARGIN:
+            present = np.unique(y)
+            if len(present) == 1 and k > 1:  # "near chance" would blame the inputs for the sample
+                res.warning = (
+                    f"All {n} labelled examples read are of class {s.classes[present[0]]!r}, so accuracy "
+                    f"({res.accuracy:.1%}) cannot be compared with chance. A limit (--limit) reads the data in "
+                    "its order, and an image folder lists one class after another: raise the limit or leave it out."
+                )
+            elif res.accuracy <= res.chance + NEAR_CHANCE_MARGIN:
                 res.warning = (
                     f"Accuracy is {res.accuracy:.1%}, near chance ({res.chance:.1%}): the model may be "
                     "fed wrongly. Check --mean/--std, --range, the channel order and the class order "
