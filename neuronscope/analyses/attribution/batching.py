@@ -20,10 +20,9 @@ What Captum 0.9.0 does with the arguments (``captum/attr/_utils/batching.py``,
   Chunked runs draw the noise in different pieces, so they equal the unchunked result only in
   distribution, not bit for bit.
 * GradientShap has no batching argument at all (it runs NoiseTunnel without one): a caller can
-  only chunk it by splitting the inputs or the samples itself.
-  neuronscope runs SmoothGrad, VarGrad and gradient SHAP itself (:mod:`.sampling`, Captum's
-  ``Saliency`` for the gradients), in passes of the chosen ``rows``, with draws that do not depend
-  on them.
+  only chunk it by splitting the inputs or the samples itself. (neuronscope runs SmoothGrad,
+  VarGrad and gradient SHAP through :mod:`.sampling` instead, with Captum's ``Saliency`` for the
+  gradients: passes of the chosen ``rows``, and draws that do not depend on them.)
 * ``perturbations_per_eval`` (Occlusion, FeatureAblation): each pass evaluates that many
   perturbations of all N inputs, ``perturbations_per_eval * N`` rows, at least 1 (N rows); the
   inputs are expanded to the full size once, so a value above the number of perturbations only
