@@ -20,6 +20,13 @@ class UnknownLayerError(NeuronscopeError, KeyError):
         return self.args[0] if self.args else ""
 
 
+class NotStoredError(NeuronscopeError, KeyError):
+    """A section, table, column or picture a result store does not hold."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.args[0] if self.args else ""
+
+
 class UnitOutOfRangeError(NeuronscopeError, IndexError):
     pass
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,6 +27,7 @@ import torch
 
 from . import __version__
 from .atomic import atomic_write
+from .errors import NotStoredError, did_you_mean
 from .imaging import png_bytes
 
 MANIFEST = "manifest.json"
@@ -149,13 +150,36 @@ class Store:
     def sections(self) -> dict[str, dict]:
         return dict(self.manifest["sections"])
 
-    def summary(self, section: str) -> dict:
-        return self.manifest["sections"][section]["summary"]
+    def _entry(self, section: str) -> dict:
+        sections = self.manifest["sections"]
+        if section not in sections:
+            raise NotStoredError(f"{self.root} holds no finished section {section!r}. "
+                                 + did_you_mean(section, sorted(sections), "section"))
+        return sections[section]
 
-    def table(self, section: str, name: str) -> dict[str, list]:
-        """A stored table as a dict of columns."""
-        rel = self.manifest["sections"][section]["tables"][name]
-        return pq.read_table(self.root / rel).to_pydict()
+    def _file(self, section: str, kind: str, name: str) -> Path:
+        """The stored file of a table or an image (``kind``: "tables" or "images")."""
+        stored = self._entry(section).get(kind, {})
+        if name not in stored:
+            what = kind[:-1]
+            raise NotStoredError(f"Section {section!r} has no {what} {name!r}. " + did_you_mean(name, stored, what))
+        return self.root / stored[name]
+
+    def summary(self, section: str) -> dict:
+        return self._entry(section)["summary"]
+
+    def table(self, section: str, name: str, columns: Sequence[str] | None = None) -> dict[str, list]:
+        """A stored table as a dict of columns; ``columns`` reads only those (an attribution table's
+        ``map`` column holds every map, flattened)."""
+        path = self._file(section, "tables", name)
+        if columns is not None:
+            columns = [columns] if isinstance(columns, str) else list(columns)
+            names = pq.read_schema(path).names
+            for c in columns:
+                if c not in names:
+                    raise NotStoredError(f"Table {section}/{name} has no column {c!r}. "
+                                         + did_you_mean(c, names, "column"))
+        return pq.read_table(path, columns=columns).to_pydict()
 
     def rows(self, section: str, name: str) -> list[dict]:
         """A stored table as a list of row dicts; [] when the section has no such table."""
@@ -167,4 +191,4 @@ class Store:
         return [dict(zip(keys, vals)) for vals in zip(*table.values())]
 
     def image_path(self, section: str, name: str) -> Path:
-        return self.root / self.manifest["sections"][section]["images"][name]
+        return self._file(section, "images", name)

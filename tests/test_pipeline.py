@@ -210,6 +210,35 @@ def test_store_round_trip(tmp_path):
     assert not Store(tmp_path / "s").has("sec", "k1"), "a missing file means the section is unfinished"
 
 
+def test_the_store_reads_chosen_columns_and_names_what_it_lacks(tmp_path):
+    from neuronscope.errors import NeuronscopeError
+
+    class R:
+        def tables(self):
+            return {"explanations": {"id": ["a", "b"], "score": [0.5, 0.25], "map": [[1.0, 2.0], [3.0, 4.0]]}}
+
+        def images(self):
+            return {"grid": np.zeros((4, 4, 3), np.uint8)}
+
+        def summary(self):
+            return {}
+
+    st = Store(tmp_path / "s")
+    st.save("attribution", R(), key="k")
+    assert st.table("attribution", "explanations", columns=["id", "score"]) == {"id": ["a", "b"], "score": [0.5, 0.25]}
+    assert st.table("attribution", "explanations", columns="map") == {"map": [[1.0, 2.0], [3.0, 4.0]]}
+    with pytest.raises(NeuronscopeError, match="no column 'scores'.*Did you mean 'score'"):
+        st.table("attribution", "explanations", columns=["id", "scores"])
+    with pytest.raises(NeuronscopeError, match="no finished section 'atribution'.*Did you mean 'attribution'"):
+        st.table("atribution", "explanations")
+    with pytest.raises(NeuronscopeError, match="no table 'explanation'.*Did you mean 'explanations'"):
+        st.table("attribution", "explanation")
+    with pytest.raises(NeuronscopeError, match="no image 'grids'.*Did you mean 'grid'"):
+        st.image_path("attribution", "grids")
+    with pytest.raises(KeyError):  # what it raised before, for callers that catch it
+        st.summary("featvis")
+
+
 EVIL = "<script>alert(1)</script>"
 
 
