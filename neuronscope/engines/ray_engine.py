@@ -365,13 +365,14 @@ class RayEngine:
         import torch
 
         from ..analyses.attribution.explain import Explanation, explain
+        from ..analyses.attribution.methods import input_ids
         from ..data import Batch
 
         step = _positive("per_task", per_task)
         if not isinstance(x, Batch):  # ids of the whole call, so each example keeps its own (and its draws)
             ids = options.pop("ids", None)
             x = torch.as_tensor(np.asarray(x)) if not isinstance(x, torch.Tensor) else x
-            x = Batch(list(ids) if ids is not None else [f"input-{i}" for i in range(len(x))], x, None)
+            x = Batch(list(ids) if ids is not None else input_ids(len(x)), x, None)
         check = options.pop("randomisation", True)
         calls = [((Batch(x.ids[i:i + step], x.x[i:i + step], None if x.y is None else x.y[i:i + step]),),
                   dict(data=data, **{**options, "progress": False, "randomisation": check and i == 0}))

@@ -24,7 +24,7 @@ from ...progress import progress_bar
 from ...subject import Subject
 from . import batching
 from .baselines import make_baseline
-from .methods import DEFAULT_IMAGE, DEFAULT_VECTOR, METHODS, Context, Method, get_method
+from .methods import DEFAULT_IMAGE, DEFAULT_VECTOR, METHODS, Context, Method, get_method, input_ids
 from .targets import Target, resolve_target
 from .trust import DeletionInsertion, RandomisationCheck, deletion_insertion, randomisation_check
 from ...notebook import NotebookMixin
@@ -304,7 +304,7 @@ def _inputs(subject: Subject, inputs, data, ids) -> tuple[torch.Tensor, list[str
         if tuple(x.shape[1:]) != subject.input_shape:
             raise InputShapeError(f"Inputs of shape {tuple(x.shape)} do not fit this model: expected "
                                   f"(N, {', '.join(map(str, subject.input_shape))}) raw inputs.")
-        ids = list(ids) if ids is not None else [f"input-{i}" for i in range(len(x))]
+        ids = list(ids) if ids is not None else input_ids(len(x))
     if len(ids) != len(x):
         raise OptionError(f"{len(ids)} ids for {len(x)} inputs.")
     return x.to(device=subject.device, dtype=subject.dtype), list(ids), labels

@@ -30,6 +30,12 @@ from .sampling import sampled_gradients
 from .targets import Target
 
 
+def input_ids(n: int) -> list[str]:
+    """The ids of tensor inputs given without names. The sampled methods key their draws to ids,
+    so every path (one call, Ray tasks) must name an input at a position alike."""
+    return [f"input-{i}" for i in range(n)]
+
+
 @dataclass
 class Context:
     """Everything a method needs for one batch of raw inputs."""
@@ -94,25 +100,23 @@ def _integrated_gradients(ctx: Context):
     return attr, {"delta": delta.detach()}
 
 
-def _sampled(ctx: Context, kind: str, stdev: float, baseline=None, moments: int = 1):
+def _sampled(ctx: Context, kind: str, stdev: float, baseline=None, powers: tuple[int, ...] = (1,)):
     choice = ctx.batch(kind, ctx.samples)
     rows = choice.rows if choice is not None else len(ctx.x) * ctx.samples
-    keys = list(ctx.keys) if ctx.keys is not None else [f"input-{i}" for i in range(len(ctx.x))]
+    keys = list(ctx.keys) if ctx.keys is not None else input_ids(len(ctx.x))
     return sampled_gradients(ctx.target.forward, ctx.x, _index(ctx), keys, samples=ctx.samples, stdev=stdev,
-                             seed=ctx.seed, rows_per_pass=rows, baseline=baseline, moments=moments)
+                             seed=ctx.seed, rows_per_pass=rows, baseline=baseline, powers=powers)
 
 
 def _noise_tunnel(nt_type: str):
     """SmoothGrad (mean gradient), SmoothGrad-squared (mean square) or VarGrad (variance) over
     noisy copies, as Captum's NoiseTunnel defines them, with draws keyed per example (:mod:`.sampling`)."""
     def run(ctx: Context):
-        means = _sampled(ctx, nt_type, _stdev(ctx), moments=1 if nt_type == "smoothgrad" else 2)
-        if nt_type == "smoothgrad":
-            attr = means[0]
-        elif nt_type == "smoothgrad_sq":
-            attr = means[1]
+        if nt_type == "vargrad":
+            mean, mean_sq = _sampled(ctx, nt_type, _stdev(ctx), powers=(1, 2))
+            attr = (mean_sq - mean ** 2).clamp_min(0)
         else:
-            attr = (means[1] - means[0] ** 2).clamp_min(0)
+            (attr,) = _sampled(ctx, nt_type, _stdev(ctx), powers=(2,) if nt_type == "smoothgrad_sq" else (1,))
         return attr.to(ctx.x.dtype), {}
     return run
 

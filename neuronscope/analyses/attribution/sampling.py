@@ -37,9 +37,9 @@ def _draw(seed: int, key: str, j: int, shape: tuple[int, ...], path: bool) -> tu
 
 def sampled_gradients(forward, x: torch.Tensor, target: list[int], keys: list[str], *, samples: int, stdev: float,
                       seed: int, rows_per_pass: int, baseline: torch.Tensor | None = None,
-                      moments: int = 1) -> tuple[torch.Tensor, ...]:
-    """Per-example means over ``samples`` draws: ``(E[g],)`` or ``(E[g], E[g^2])`` with ``moments=2``,
-    in float64 where the device has it (VarGrad subtracts the two).
+                      powers: tuple[int, ...] = (1,)) -> tuple[torch.Tensor, ...]:
+    """Per-example means over ``samples`` draws of ``g ** p``, one per ``p`` in ``powers``, in
+    float64 where the device has it (VarGrad subtracts E[g]^2 from E[g^2]).
 
     Without ``baseline``, g is the gradient of ``forward(x)[target]`` at ``x + stdev * eps``
     (SmoothGrad's samples). With it, g is gradient SHAP's ``(x' - b) * grad f(b + a (x' - b))``
@@ -51,7 +51,7 @@ def sampled_gradients(forward, x: torch.Tensor, target: list[int], keys: list[st
     n, shape = len(x), tuple(x.shape[1:])
     total = n * samples
     acc = torch.float64 if x.device.type in ("cpu", "cuda") else x.dtype
-    sums = [torch.zeros((n, *shape), dtype=acc, device=x.device) for _ in range(moments)]
+    sums = [torch.zeros((n, *shape), dtype=acc, device=x.device) for _ in powers]
     saliency = Saliency(forward)
     step = max(1, int(rows_per_pass))
     for start in range(0, total, step):
@@ -69,6 +69,6 @@ def sampled_gradients(forward, x: torch.Tensor, target: list[int], keys: list[st
             a = torch.tensor([d[1] for d in draws], device=x.device, dtype=x.dtype).reshape(-1, *[1] * len(shape))
             point = (b + a * (noisy - b)).requires_grad_(True)
             g = (noisy - b) * saliency.attribute(point, target=rows, abs=False).detach()
-        for k in range(moments):
-            sums[k].index_add_(0, idx, (g ** (k + 1)).to(acc))
+        for total_p, p in zip(sums, powers):
+            total_p.index_add_(0, idx, (g ** p).to(acc))
     return tuple(s / samples for s in sums)
